@@ -1,0 +1,33 @@
+"""warmopt: Adam, AdamW and RMSprop that warm themselves up from their own second-moment statistics."""
+
+from .optimizer import GRANULARITIES, WarmupOptimizer
+from .optimizers import Adam, AdamW, RMSprop
+from .policies import (
+    POLICIES,
+    Constant,
+    Linear,
+    Measured,
+    RAdamRectification,
+    UntunedExponential,
+    UntunedLinear,
+    WarmupPolicy,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "WarmupOptimizer",
+    "Adam",
+    "AdamW",
+    "RMSprop",
+    "WarmupPolicy",
+    "Measured",
+    "RAdamRectification",
+    "UntunedLinear",
+    "UntunedExponential",
+    "Linear",
+    "Constant",
+    "POLICIES",
+    "GRANULARITIES",
+    "__version__",
+]

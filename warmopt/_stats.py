@@ -1,0 +1,107 @@
+r"""Pure statistics of the second-moment estimate (tensor in, tensor out; no state, no host syncs).
+
+Notation (one coordinate; see ``docs/warmup.md`` for the derivations): ``x_t = g_t^2``,
+``v_t = beta v_{t-1} + (1 - beta) x_t`` with ``v_0 = 0`` (torch's ``exp_avg_sq`` / ``square_avg``),
+and the bias-corrected estimate ``v̂_t = v_t / (1 - beta^t)``, a weighted mean of ``x_1 .. x_t`` with
+weights ``w_i = (1 - beta) beta^(t-i) / (1 - beta^t)`` that sum to one.
+
+Everything here works on 1-D float tensors holding one value per parameter tensor (or per group),
+so one call serves any number of parameters with a constant number of ATen ops.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "effective_sample_size",
+    "asymptotic_sample_size",
+    "newest_weight",
+    "fresh_ratio_sums",
+]
+
+# Denominator floor for g^2 / v̂: keeps 0/0 (a coordinate that has never seen a gradient and
+# gets none now) at 0 instead of NaN. Far below any squared gradient worth measuring.
+_TINY = 1e-30
+
+
+def effective_sample_size(step: Tensor, beta: Tensor | float) -> Tensor:
+    r"""Kish effective sample size of the bias-corrected EMA after ``step`` updates.
+
+    .. math::
+        n_\mathrm{eff}(t) = \frac{1}{\sum_i w_i^2}
+        = \frac{(1+\beta)(1-\beta^t)}{(1-\beta)(1+\beta^t)}
+
+    It is 1 at ``t = 1``, about ``t`` while ``t << 1/(1-beta)`` and tends to ``(1+beta)/(1-beta)``
+    (RAdam's :math:`\rho_\infty`). ``step = 0`` gives 0. ``beta = 0`` gives 1 for every ``t >= 1``.
+    """
+    step = step.to(torch.float32)
+    bt = torch.as_tensor(beta, dtype=torch.float32, device=step.device) ** step
+    beta_t = torch.as_tensor(beta, dtype=torch.float32, device=step.device)
+    return (1 + beta_t) * (1 - bt) / ((1 - beta_t) * (1 + bt))
+
+
+def asymptotic_sample_size(beta: Tensor | float) -> Tensor:
+    r""":math:`n_\mathrm{eff}(\infty) = (1+\beta)/(1-\beta) = 2/(1-\beta) - 1` (RAdam's ``rho_inf``)."""
+    beta_t = torch.as_tensor(beta, dtype=torch.float32)
+    return (1 + beta_t) / (1 - beta_t)
+
+
+def newest_weight(step: Tensor, beta: Tensor | float) -> Tensor:
+    r"""Weight of the newest sample in ``v̂_t``: :math:`w_t = (1-\beta)/(1-\beta^t)` (1 at ``t = 1``)."""
+    step = step.to(torch.float32)
+    beta_t = torch.as_tensor(beta, dtype=torch.float32, device=step.device)
+    return (1 - beta_t) / (1 - beta_t**step)
+
+
+def fresh_ratio_sums(
+    grads: list[Tensor],
+    sq_avgs: list[Tensor],
+    prev_bias_correction: Tensor,
+    newest_weight: Tensor,
+    inv_grad_scale_sq: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Per-tensor sums of the fresh ratio :math:`r = g_t^2 / \hat v_{t-1}` and of :math:`r^2`.
+
+    ``sq_avgs`` hold :math:`v_{t-1}` *before* this step's update; ``prev_bias_correction`` holds
+    :math:`b = 1-\beta^{t-1}` and ``newest_weight`` :math:`w_t` for each tensor (1-D float32). The
+    ratio is capped at :math:`1/w_t`, the value it takes when :math:`\hat v_{t-1}` carried no
+    information (a coordinate that never had a gradient), which keeps the sums finite without a
+    branch:
+
+    .. math::
+        r = \frac{x}{\max(\hat v_{t-1},\ w_t x)} = \frac{b\,x}{\max(v_{t-1},\ b\,w_t\,x)}.
+
+    Under stationary gradients with kurtosis :math:`\kappa = E[g^4]/E[g^2]^2` and
+    :math:`\hat v_{t-1}` resting on :math:`n` effective samples, to first order
+    :math:`E[r] \approx 1 + (\kappa-1)/n` (Jensen: :math:`E[1/\hat v] > 1/E[\hat v]`) and
+    :math:`E[(r-1)^2] \approx \kappa - 1`. When the gradients grow faster than :math:`\hat v`
+    follows, :math:`E[r]` rises further: that excess is the drift signal.
+
+    The ratio is computed in the bucket's own dtype (three significant digits in bfloat16 are
+    plenty for a statistic); the sums come back as float32.
+
+    Args:
+        grads: gradients of one bucket (same device and dtype; real views of complex tensors).
+        sq_avgs: :math:`v_{t-1}` for the same tensors.
+        prev_bias_correction: :math:`1-\beta^{t-1}` per tensor, 1-D float32 on the bucket's device.
+        newest_weight: :math:`w_t` per tensor, 1-D float32 on the bucket's device.
+        inv_grad_scale_sq: ``1/grad_scale**2`` when the gradients still carry a GradScaler's scale.
+
+    Returns:
+        ``(sum_r, sum_r2)``: 1-D float32 tensors, one entry per tensor.
+    """
+    dtype = grads[0].dtype
+    tiny = max(_TINY, torch.finfo(dtype).tiny)
+    floor = (newest_weight * prev_bias_correction).to(dtype).unbind(0)
+    x = torch._foreach_mul(grads, grads)
+    if inv_grad_scale_sq is not None:
+        torch._foreach_mul_(x, inv_grad_scale_sq.to(dtype))
+    den = torch._foreach_mul(x, floor)
+    torch._foreach_maximum_(den, sq_avgs)
+    torch._foreach_clamp_min_(den, tiny)
+    torch._foreach_div_(x, den)  # x now holds r / b
+    sum_q = torch.stack(torch._foreach_norm(x, 1)).float()
+    norm_q = torch.stack(torch._foreach_norm(x, 2)).float()
+    return sum_q * prev_bias_correction, (norm_q * prev_bias_correction) ** 2

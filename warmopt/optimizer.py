@@ -1,0 +1,583 @@
+"""WarmupOptimizer: torch's Adam / AdamW / RMSprop step with a measured warm-up inside ``step()``.
+
+Data path of one step (read top-down):
+
+1. ``_init_group`` of the torch class lists the tensors with a gradient and creates their state
+   lazily, exactly as torch does; the warm-up keys (``warmup_scale`` ...) are added after it.
+2. ``_advance_warmup`` (only while some scale is below 1, or the policy may re-warm) measures the
+   fresh-ratio statistics against the *previous* second moment, runs the policy once for all
+   tensors (1-D tensors, a constant number of ops) and writes the new scales into the state.
+3. ``run_group`` runs torch's own functional update and moves each tensor back by ``1 - scale``
+   of its step (``_step.py``).
+
+The scale never touches ``param_groups[i]['lr']``: LR schedulers own it, the warm-up multiplies it
+inside the step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+from torch.optim import Adam, Optimizer
+from torch.optim.optimizer import ParamsT, _use_grad_for_differentiable
+
+from . import _stats
+from ._step import ALGORITHMS, RMSPROP, Algorithm, GroupBatch, resolve_mode, run_group
+from .policies import Measured, Statistics, WarmupPolicy, resolve_policy
+
+__all__ = ["WarmupOptimizer", "GRANULARITIES"]
+
+#: Units the scale is computed for: each parameter tensor, each param group, or the whole optimizer.
+GRANULARITIES = ("tensor", "group", "global")
+_PREFIX = "warmup_"
+
+
+def _check_granularity(granularity: str) -> str:
+    if granularity not in GRANULARITIES:
+        raise ValueError(
+            f"Invalid granularity: {granularity!r} (expected one of {', '.join(GRANULARITIES)})"
+        )
+    return granularity
+
+
+def _check_params_not_tensor(params: Any) -> None:
+    if isinstance(params, Tensor):
+        raise TypeError(
+            "params argument given to the optimizer should be an iterable of Tensors or dicts, "
+            f"but got {torch.typename(params)}"
+        )
+
+
+class _HostFlag:
+    """A device boolean made readable on the host without a sync.
+
+    ``publish`` starts a non-blocking copy to pinned host memory; ``poll`` returns the value
+    once the copy has finished (an event query, not a wait) and ``None`` before. On the CPU the
+    value is there at once. Used to learn that warm-up has finished, one step or more late.
+    """
+
+    def __init__(self) -> None:
+        self._host: Tensor | None = None
+        self._event: Any = None
+
+    def reset(self) -> None:
+        self._host, self._event = None, None
+
+    def publish(self, value: Tensor) -> None:
+        if value.device.type == "cpu":
+            self._host, self._event = value, None
+        elif value.device.type == "cuda":
+            host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            host.copy_(value, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._host, self._event = host, event
+        else:  # other accelerators: never read, so warm-up work simply continues
+            self._host, self._event = None, None
+
+    def poll(self) -> bool | None:
+        if self._host is None or (self._event is not None and not self._event.query()):
+            return None
+        # .numpy() reads host memory directly: no dispatched op, no device sync.
+        return bool(self._host.numpy())
+
+
+def _stack_to(tensors: list[Tensor], device: torch.device) -> Tensor:
+    """Stack 0-d tensors (possibly on several devices) into a float32 vector on ``device``."""
+    devices = {t.device for t in tensors}
+    if len(devices) == 1:
+        return torch.stack(tensors).to(device=device, dtype=torch.float32, non_blocking=True)
+    out = torch.empty(len(tensors), dtype=torch.float32, device=device)
+    for dev in devices:  # one iteration per device, not per tensor
+        idx = [i for i, t in enumerate(tensors) if t.device == dev]
+        part = torch.stack([tensors[i] for i in idx]).to(device=device, dtype=torch.float32)
+        out[torch.tensor(idx, device=device)] = part
+    return out
+
+
+def _split_to(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """The entries of ``vector`` as 0-d tensors on the devices of ``like`` (same order)."""
+    devices = {t.device for t in like}
+    if len(devices) == 1:
+        (dev,) = devices
+        return list(vector.to(dev, non_blocking=True).unbind(0))
+    out: list[Tensor] = [vector] * len(like)
+    for dev in devices:
+        idx = [i for i, t in enumerate(like) if t.device == dev]
+        part = vector[torch.tensor(idx, device=vector.device)].to(dev, non_blocking=True)
+        for i, t in zip(idx, part.unbind(0)):
+            out[i] = t
+    return out
+
+
+def _write(vector: Tensor, targets: list[Tensor]) -> None:
+    """Copy the entries of ``vector`` into the 0-d tensors ``targets`` (foreach, per device)."""
+    torch._foreach_copy_(targets, _split_to(vector, targets))
+
+
+class WarmupOptimizer(Optimizer):
+    r"""Adam (or a wrapped Adam/AdamW/RMSprop) that warms itself up from its own statistics.
+
+    Built from parameters, it takes every argument of :class:`torch.optim.Adam` with the same
+    name, default and meaning, plus keyword-only warm-up options; built from an instance of
+    :class:`torch.optim.Adam`, :class:`~torch.optim.AdamW` or :class:`~torch.optim.RMSprop`, it
+    takes over that optimizer's param groups and state (shared, not copied) and steps them itself.
+
+    Each step runs torch's own update at ``lr * s``, where the scale ``s`` in [0, 1] comes from
+    the warm-up policy (:class:`warmopt.Measured` by default). ``param_groups[i]['lr']`` is never
+    written, so LR schedulers compose with it as with Adam.
+
+    Args:
+        params (iterable or Optimizer): parameters or param groups, as for torch.optim.Adam, or an
+            Adam/AdamW/RMSprop instance to wrap (then the Adam hyperparameters below must be left
+            at their defaults: they come from the instance).
+        lr, betas, eps, weight_decay, amsgrad, foreach, maximize, capturable, differentiable,
+            fused, decoupled_weight_decay: as :class:`torch.optim.Adam`.
+        warmup (WarmupPolicy, str or None, optional): the policy or its name: ``"measured"``
+            (default), ``"radam"``, ``"untuned_linear"``, ``"untuned_exponential"``,
+            ``"linear"`` (1000 steps; pass ``warmopt.Linear(n)`` for another length),
+            ``"constant"`` or ``"none"``/``None`` (off: torch's step exactly).
+        granularity (str, optional): ``"tensor"`` (default: one scale per parameter tensor),
+            ``"group"`` (one per param group) or ``"global"`` (one for the optimizer).
+
+    Example:
+        >>> import torch, warmopt
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = warmopt.WarmupOptimizer(model.parameters(), lr=3e-4, betas=(0.9, 0.999))
+        >>> model(torch.randn(8, 4)).square().mean().backward()
+        >>> opt.step()
+        >>> [round(float(s), 3) for s in opt.warmup_scale[0]]
+        [0.141, 0.141]
+        >>> wrapped = warmopt.WarmupOptimizer(torch.optim.RMSprop(model.parameters(), lr=1e-3))
+    """
+
+    def __init__(
+        self,
+        params: ParamsT | Optimizer,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        warmup: WarmupPolicy | str | None = "measured",
+        granularity: str = "tensor",
+    ) -> None:
+        policy = resolve_policy(warmup)
+        _check_granularity(granularity)
+        if isinstance(params, Optimizer):
+            given = {
+                "lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                "amsgrad": amsgrad, "foreach": foreach, "maximize": maximize,
+                "capturable": capturable, "differentiable": differentiable, "fused": fused,
+                "decoupled_weight_decay": decoupled_weight_decay,
+            }  # fmt: skip
+            defaults = {
+                "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0,
+                "amsgrad": False, "foreach": None, "maximize": False, "capturable": False,
+                "differentiable": False, "fused": None, "decoupled_weight_decay": False,
+            }  # fmt: skip
+            changed = [k for k, v in given.items() if not _same(v, defaults[k])]
+            if changed:
+                raise TypeError(
+                    "WarmupOptimizer(optimizer, ...) takes its hyperparameters from the wrapped "
+                    f"optimizer; got {', '.join(changed)} as well. Set them on the optimizer."
+                )
+            base = params
+        else:
+            _check_params_not_tensor(params)
+            base = Adam(
+                params,
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                amsgrad=amsgrad,
+                foreach=foreach,
+                maximize=maximize,
+                capturable=capturable,
+                differentiable=differentiable,
+                fused=fused,
+                decoupled_weight_decay=decoupled_weight_decay,
+            )
+        self._adopt(base, policy, granularity)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _adopt(self, base: Optimizer, policy: WarmupPolicy | None, granularity: str) -> None:
+        """Take over ``base``'s param groups, defaults and state (shared objects)."""
+        algorithm = ALGORITHMS.get(type(base))
+        if algorithm is None:
+            raise TypeError(
+                "WarmupOptimizer supports torch.optim.Adam, torch.optim.AdamW and "
+                f"torch.optim.RMSprop instances, got {type(base).__module__}."
+                f"{type(base).__qualname__}"
+            )
+        if policy is not None and algorithm is RMSPROP:
+            for group in base.param_groups:
+                if not 0.0 <= group["alpha"] < 1.0:
+                    raise ValueError(
+                        f"Invalid alpha value: {group['alpha']} (warm-up needs 0 <= alpha < 1)"
+                    )
+        groups = [dict(g) for g in base.param_groups]
+        super().__init__(groups, base.defaults)
+        self.param_groups = base.param_groups
+        self.state = base.state
+        self.defaults = base.defaults
+        self._algorithm: Algorithm = algorithm
+        self._step_supports_amp_scaling = bool(getattr(base, "_step_supports_amp_scaling", False))
+        self.warmup: WarmupPolicy | None = policy
+        self.granularity = granularity
+        self._warmup_done = False
+        self._done_flag = _HostFlag()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update(
+            _algorithm_name=self._algorithm.name,
+            _step_supports_amp_scaling=self._step_supports_amp_scaling,
+            warmup=self.warmup,
+            granularity=self.granularity,
+        )
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        name = state.pop("_algorithm_name", "adam")
+        super().__setstate__(state)
+        self._algorithm = next(a for a in ALGORITHMS.values() if a.name == name)
+        self._warmup_done = False
+        self._done_flag = _HostFlag()
+
+    @staticmethod
+    def _process_value_according_to_param_policy(
+        param: Tensor,
+        value: Tensor,
+        param_id: int,
+        param_groups: list[dict[Any, Any]],
+        key: Any = None,
+    ) -> Tensor:
+        # torch casts every per-parameter state tensor to the parameter's dtype on load; the
+        # warm-up numbers are float32 scalars and must stay so (a bf16 scale loses 3 digits).
+        if isinstance(key, str) and key.startswith(_PREFIX):
+            return value.to(dtype=torch.float32, device=param.device)
+        return Optimizer._process_value_according_to_param_policy(
+            param, value, param_id, param_groups, key
+        )
+
+    # ------------------------------------------------------------------ the step
+
+    @_use_grad_for_differentiable
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the
+                loss; it runs with gradients enabled, as in torch.
+        """
+        self._accelerator_graph_capture_health_check()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        _check_not_sparse(self.param_groups)
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        batches = [self._algorithm.init_group(self, g) for g in self.param_groups]
+        keeps: list[list[Tensor]] | None = None
+        if self.warmup is not None:
+            keeps = self._advance_warmup(batches, grad_scale, found_inf)
+        for i, (group, batch) in enumerate(zip(self.param_groups, batches)):
+            mode = resolve_mode(group, batch.params)
+            keep = None if keeps is None else keeps[i]
+            run_group(self._algorithm, group, batch, mode, keep, grad_scale, found_inf)
+        return loss
+
+    def _advance_warmup(
+        self,
+        batches: list[GroupBatch],
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+    ) -> list[list[Tensor]] | None:
+        """Update every warm-up scale for this step; return ``1 - scale`` per group and tensor.
+
+        Returns ``None`` once every scale is known (on the host, without a sync) to be 1 and the
+        policy cannot fall again: the step is then exactly torch's.
+        """
+        policy = self.warmup
+        assert policy is not None
+        keys = ["scale", *policy.state_init]
+        fresh = False
+        for batch in batches:
+            for p in batch.params:
+                st = self.state[p]
+                if _PREFIX + "scale" not in st:
+                    fresh = True
+                    for key in keys:
+                        init = 0.0 if key == "scale" else policy.state_init[key]
+                        st[_PREFIX + key] = torch.tensor(init, dtype=torch.float32, device=p.device)
+        if fresh:
+            self._warmup_done = False
+            self._done_flag.reset()
+        elif not self._warmup_done and not policy.can_fall:
+            self._warmup_done = bool(self._done_flag.poll())
+        if self._warmup_done:
+            return None
+
+        params = [p for b in batches for p in b.params]
+        if not params:
+            return [[] for _ in batches]
+        home = params[0].device
+        states = [self.state[p] for p in params]
+        step = _stack_to([s for b in batches for s in b.state_steps], home) + 1
+        beta = _per_tensor(
+            [self._algorithm.beta(g) for g in self.param_groups],
+            [len(b.params) for b in batches],
+            home,
+        )
+        old = {k: _stack_to([s[_PREFIX + k] for s in states], home) for k in keys}
+        stats = None
+        if policy.needs_statistics:
+            stats = self._measure(batches, step, beta, grad_scale, found_inf, home)
+
+        units, n_units = self._units(batches, home)
+        if units is None:
+            scale, new = policy.update(
+                {k: old[k] for k in policy.state_init},
+                step,
+                beta,
+                stats,
+                bias_corrected=self._algorithm.bias_corrected,
+            )
+        else:
+            scale, new = self._pooled_update(policy, old, step, beta, stats, units, n_units)
+        new["scale"] = scale
+        if found_inf is not None:
+            skipped = found_inf.to(home, torch.float32, non_blocking=True) > 0
+            new = {k: torch.where(skipped, old[k], v) for k, v in new.items()}
+        for key in keys:
+            _write(new[key], [s[_PREFIX + key] for s in states])
+        if not policy.can_fall:
+            self._done_flag.publish((new["scale"] >= 1.0).all())
+
+        keep_all = 1.0 - new["scale"]
+        keeps: list[list[Tensor]] = []
+        start = 0
+        for b in batches:
+            stop = start + len(b.params)
+            keeps.append(_split_to(keep_all[start:stop], b.params) if b.params else [])
+            start = stop
+        return keeps
+
+    def _measure(
+        self,
+        batches: list[GroupBatch],
+        step: Tensor,
+        beta: Tensor,
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+        home: torch.device,
+    ) -> Statistics:
+        """Fresh-ratio sums for every tensor, in the same order as ``step``."""
+        prev_bc = 1 - beta ** (step - 1)
+        weight = _stats.newest_weight(step, beta)
+        inv_gs2 = None
+        if grad_scale is not None:
+            inv_gs2 = grad_scale.to(torch.float32).reciprocal().square()
+        parts_r: list[Tensor] = []
+        parts_r2: list[Tensor] = []
+        order: list[int] = []
+        offset = 0
+        for group, batch in zip(self.param_groups, batches):
+            n = len(batch.params)
+            if n == 0:
+                continue
+            grads = _real(batch.grads)
+            sqs = _real(batch.second_moments)
+            if resolve_mode(group, batch.params) == "single":
+                buckets = [([[g], [v]], [i]) for i, (g, v) in enumerate(zip(grads, sqs))]
+            else:
+                grouped = Optimizer._group_tensors_by_device_and_dtype(
+                    [grads, sqs], with_indices=True  # type: ignore[list-item]
+                )
+                buckets = list(grouped.values())  # type: ignore[arg-type]
+            for (g_list, v_list), idx in buckets:
+                dev = g_list[0].device
+                sel = torch.tensor([offset + i for i in idx], device=home)
+                gs = None if inv_gs2 is None else inv_gs2.to(dev)
+                s_r, s_r2 = _stats.fresh_ratio_sums(
+                    cast(list[Tensor], g_list),
+                    cast(list[Tensor], v_list),
+                    prev_bc[sel].to(dev),
+                    weight[sel].to(dev),
+                    gs,
+                )
+                parts_r.append(s_r.to(home))
+                parts_r2.append(s_r2.to(home))
+                order.extend(offset + i for i in idx)
+            offset += n
+        perm = torch.empty(len(order), dtype=torch.long)
+        perm[torch.tensor(order)] = torch.arange(len(order))
+        perm = perm.to(home)
+        sum_r = torch.cat(parts_r)[perm]
+        sum_r2 = torch.cat(parts_r2)[perm]
+        count = torch.tensor(
+            [g.numel() * (2 if torch.is_complex(g) else 1) for b in batches for g in b.grads],
+            dtype=torch.float32,
+        ).to(home, non_blocking=True)
+        valid = ((step >= 2) & (count > 0)).float()
+        if found_inf is not None:
+            valid = valid * (found_inf.to(home, torch.float32) == 0).float()
+        return Statistics(sum_r=sum_r, sum_r2=sum_r2, count=count, valid=valid)
+
+    def _units(
+        self, batches: list[GroupBatch], home: torch.device
+    ) -> tuple[Tensor | None, int]:
+        """Unit index of each tensor for group/global granularity (``None`` for per tensor)."""
+        if self.granularity == "tensor":
+            return None, 0
+        if self.granularity == "global":
+            ids = [0 for b in batches for _ in b.params]
+            return torch.tensor(ids, device=home), 1
+        ids = [gi for gi, b in enumerate(batches) for _ in b.params]
+        return torch.tensor(ids, device=home), len(batches)
+
+    def _pooled_update(
+        self,
+        policy: WarmupPolicy,
+        old: dict[str, Tensor],
+        step: Tensor,
+        beta: Tensor,
+        stats: Statistics | None,
+        units: Tensor,
+        n_units: int,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Run the policy once per unit: sums add up, the unit is as young as its youngest tensor,
+        as slow as its slowest (largest beta) and as unsure as its least warmed member."""
+
+        def reduce(v: Tensor, how: str) -> Tensor:
+            init = {"sum": 0.0, "amin": math.inf, "amax": -math.inf, "mean": 0.0}[how]
+            out = torch.full((n_units,), init, dtype=v.dtype, device=v.device)
+            return out.scatter_reduce(0, units, v, reduce=how, include_self=how == "sum")
+
+        pooled_stats = None
+        if stats is not None:
+            pooled_stats = Statistics(
+                sum_r=reduce(stats.sum_r * stats.valid, "sum"),
+                sum_r2=reduce(stats.sum_r2 * stats.valid, "sum"),
+                count=reduce(stats.count * stats.valid, "sum"),
+                valid=reduce(stats.valid, "amax"),
+            )
+        how = {"confidence": "amin", "kurtosis": "mean", "evidence": "amin", "drift": "amax"}
+        state = {k: reduce(old[k], how.get(k, "amin")) for k in policy.state_init}
+        scale, new = policy.update(
+            state,
+            reduce(step, "amin"),
+            reduce(beta, "amax"),
+            pooled_stats,
+            bias_corrected=self._algorithm.bias_corrected,
+        )
+        return scale[units], {k: v[units] for k, v in new.items()}
+
+    # ------------------------------------------------------------------ observing
+
+    @property
+    def warmup_scale(self) -> list[Tensor]:
+        """The current scale of every parameter, one 1-D float32 tensor per param group.
+
+        Device tensors, read without a host sync (0 for parameters not stepped yet; 1 everywhere
+        with ``warmup=None``). The effective learning rate of parameter ``j`` of group ``i`` is
+        ``param_groups[i]['lr'] * warmup_scale[i][j]``.
+        """
+        out = []
+        for group in self.param_groups:
+            params = group["params"]
+            if not params:
+                out.append(torch.zeros(0))
+                continue
+            dev = params[0].device
+            if self.warmup is None:
+                out.append(torch.ones(len(params), device=dev))
+                continue
+            vals = [
+                self.state[p][_PREFIX + "scale"]
+                if _PREFIX + "scale" in self.state.get(p, {})
+                else torch.zeros((), device=p.device)
+                for p in params
+            ]
+            out.append(_stack_to(vals, dev))
+        return out
+
+    def warmup_stats(self) -> dict[str, Any]:
+        """Plain-float summary for loggers. **Syncs with the device** (reads the scales).
+
+        Returns a dict with ``scale_min``, ``scale_median``, ``scale_max``, ``fraction_warmed``
+        (share of stepped tensors at scale 1) over all groups, ``lr_effective`` (per group:
+        ``lr`` times the group's median scale), and, for :class:`Measured`, the medians of
+        ``kurtosis`` (estimated kappa - 1) and ``drift``.
+        """
+        all_scales = torch.cat([s.float().cpu() for s in self.warmup_scale])
+        if all_scales.numel() == 0:
+            all_scales = torch.zeros(1)
+        out: dict[str, Any] = {
+            "scale_min": float(all_scales.min()),
+            "scale_median": float(all_scales.median()),
+            "scale_max": float(all_scales.max()),
+            "fraction_warmed": float((all_scales >= 1).float().mean()),
+            "lr_effective": [
+                float(g["lr"]) * float(s.float().median()) if s.numel() else float(g["lr"])
+                for g, s in zip(self.param_groups, self.warmup_scale)
+            ],
+        }
+        if isinstance(self.warmup, Measured):
+            for key in ("kurtosis", "drift"):
+                vals = [
+                    st[_PREFIX + key].float().cpu()
+                    for st in self.state.values()
+                    if _PREFIX + key in st
+                ]
+                out[key] = float(torch.stack(vals).median()) if vals else float("nan")
+        return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether an argument still holds its default (a tensor never does)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return False
+    return bool(a == b)
+
+
+def _real(ts: list[Tensor]) -> list[Tensor]:
+    return [torch.view_as_real(t) if torch.is_complex(t) else t for t in ts]
+
+
+def _per_tensor(values: list[float | Tensor], counts: list[int], device: torch.device) -> Tensor:
+    """Expand one value per group to one float32 entry per tensor, on ``device``."""
+    if all(not isinstance(v, Tensor) for v in values):
+        flat = [float(v) for v, n in zip(values, counts) for _ in range(n)]  # type: ignore[arg-type]
+        return torch.tensor(flat, dtype=torch.float32).to(device, non_blocking=True)
+    parts = [
+        torch.as_tensor(v, dtype=torch.float32).reshape(()).to(device).expand(n)
+        for v, n in zip(values, counts)
+        if n
+    ]
+    return torch.cat(parts)
+
+
+def _check_not_sparse(groups: Iterable[dict[str, Any]]) -> None:
+    for group in groups:
+        for p in group["params"]:
+            if p.grad is not None and p.grad.is_sparse:
+                raise RuntimeError(
+                    "WarmupOptimizer does not support sparse gradients (parameter of shape "
+                    f"{tuple(p.shape)}); use torch.optim.SparseAdam for sparse embeddings"
+                )

@@ -1,0 +1,371 @@
+r"""Warm-up policies: what multiplies the learning rate while the second-moment estimate settles.
+
+A policy is a small frozen object (its settings) with a pure ``update`` that maps the changing
+numbers -- 1-D float32 tensors, one entry per *unit* (a parameter tensor, a group, or the whole
+optimizer) -- to their next values. The optimizer keeps those numbers as 0-d tensors in each
+parameter's ``state`` (keys ``warmup_<name>``), so they are checkpointed, sharded and moved like
+``exp_avg_sq``, and it calls ``update`` once per step for all units together (a constant number
+of ATen ops, no host sync).
+
+Vocabulary used everywhere: the **scale** is the factor in [0, 1] that multiplies ``lr`` inside the
+step; the **policy** is what computes it; ``beta`` is the decay of the second moment (Adam's
+``betas[1]``, RMSprop's ``alpha``); ``step`` is torch's per-parameter step count *after* this
+step's increment (1 on the first update).
+
+The derivations are in ``docs/warmup.md``; each class docstring states its formula.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from . import _stats
+
+__all__ = [
+    "WarmupPolicy",
+    "Measured",
+    "RAdamRectification",
+    "UntunedLinear",
+    "UntunedExponential",
+    "Linear",
+    "Constant",
+    "Statistics",
+    "POLICIES",
+    "resolve_policy",
+]
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """What the optimizer measured this step, per unit (1-D float32, same device).
+
+    Attributes:
+        sum_r: sum over coordinates of the fresh ratio ``g_t^2 / v̂_{t-1}`` (capped, see
+            :func:`warmopt._stats.fresh_ratio_sums`).
+        sum_r2: sum over coordinates of its square.
+        count: number of real coordinates summed (``numel``; twice that for complex tensors).
+        valid: 1.0 where the measurement counts (``step >= 2``: at ``step = 1`` there is no
+            ``v̂_{t-1}`` to compare with; also 0 on a GradScaler step with inf/NaN gradients).
+    """
+
+    sum_r: Tensor
+    sum_r2: Tensor
+    count: Tensor
+    valid: Tensor
+
+
+class WarmupPolicy:
+    """Base class of warm-up policies.
+
+    Subclasses set ``name`` (the string accepted by ``warmup=``), ``needs_statistics`` (whether
+    ``update`` reads a :class:`Statistics`), ``state_init`` (the initial value of each changing
+    number besides the scale) and implement :meth:`update`.
+    """
+
+    name: ClassVar[str] = ""
+    needs_statistics: ClassVar[bool] = False
+    state_init: ClassVar[dict[str, float]] = {}
+
+    def update(
+        self,
+        state: dict[str, Tensor],
+        step: Tensor,
+        beta: Tensor,
+        stats: Statistics | None,
+        *,
+        bias_corrected: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return ``(scale, new_state)`` for this step.
+
+        Args:
+            state: the policy's changing numbers (keys of ``state_init``), one entry per unit.
+            step: the step count after this step's increment (float32, ``>= 1``).
+            beta: the second-moment decay per unit.
+            stats: this step's measurements, or ``None`` for policies that need none.
+            bias_corrected: ``False`` for RMSprop, whose ``square_avg`` is not bias-corrected.
+        """
+        raise NotImplementedError
+
+    @property
+    def can_fall(self) -> bool:
+        """Whether the scale may fall again after it rose (then the optimizer keeps measuring)."""
+        return False
+
+
+@dataclass(frozen=True)
+class Measured(WarmupPolicy):
+    r"""The default: scale the step by how well the second-moment estimate is determined.
+
+    Per unit (parameter tensor by default) the policy keeps an estimate :math:`K` of the excess
+    kurtosis :math:`\kappa - 1` of :math:`g^2` and a drift estimate :math:`D`, both measured from the
+    fresh ratio :math:`r = g_t^2/\hat v_{t-1}` (see :func:`warmopt._stats.fresh_ratio_sums`), and
+    predicts the relative error of the adaptive step size :math:`\psi = 1/\sqrt{\hat v_t}`:
+
+    .. math::
+        e_t = \tfrac12\sqrt{K_t / n_\mathrm{eff}(t) + \delta_t^2},\qquad
+        e^\star = \max\bigl(\mathrm{tol},\ \sqrt2\cdot\tfrac12\sqrt{K_t/n_\mathrm{eff}(\infty)}\bigr),
+
+    .. math::
+        c_t = \min(1,\ e^\star / e_t),\qquad s_t = \max(s_{t-1}, c_t)\ \text{(or } c_t
+        \text{ with } \texttt{rewarm=True)}.
+
+    * :math:`n_\mathrm{eff}(t) = (1+\beta)(1-\beta^t)/((1-\beta)(1+\beta^t))`: how many effective
+      samples :math:`\hat v_t` rests on. :math:`\mathrm{RSE}(\hat v_t)^2 = (\kappa-1)/n_\mathrm{eff}`
+      and, by the delta method, :math:`\mathrm{RSE}(\psi) = \tfrac12\mathrm{RSE}(\hat v)`.
+    * :math:`K_t`: the mean of the per-step :math:`\overline{(r-1)^2}`, weighted by the sample size
+      :math:`n_\mathrm{eff}(t-1)` each measurement rests on, shrunk towards the Gaussian value 2 with
+      the weight of one sample. Heavy tails (:math:`K` large) need more samples; light tails fewer.
+    * :math:`\delta_t`: the relative under-estimate of :math:`\hat v` caused by gradients growing
+      faster than the EMA follows. :math:`D_t` is an EMA (rate 0.9) of
+      :math:`\bar r - 1 - K_t/n_\mathrm{eff}(t-1)` (the mean fresh ratio minus what sampling noise
+      alone explains), and :math:`\delta_t = \max(0, D_t - 2\sigma_D)` counts it only where it is
+      significant, :math:`\sigma_D^2 = \frac{K_t}{N}\frac{1-0.9}{1+0.9}` for a unit of :math:`N`
+      coordinates.
+    * :math:`e^\star`: the tolerance, floored at :math:`\sqrt2` times the error the estimate
+      reaches for :math:`t\to\infty`, so the warm-up ends even when heavy tails and a small
+      :math:`\beta` keep :math:`\hat v` imprecise forever (it then ends when
+      :math:`n_\mathrm{eff} = n_\mathrm{eff}(\infty)/2`).
+    * RMSprop (``bias_corrected=False``): its ``square_avg`` is :math:`(1-\alpha^t)\hat v_t`, so
+      its raw step is :math:`1/\sqrt{1-\alpha^t}` too large (10x at step 1). The applied scale is
+      :math:`s_t\sqrt{1-\alpha^t}`, which removes that bias exactly.
+
+    At step 1 nothing is measured yet: :math:`K = 2, D = 0, n_\mathrm{eff} = 1` give
+    :math:`c_1 = \mathrm{tol}\cdot\sqrt2` (0.14 by default), never 0. For stationary Gaussian
+    gradients :math:`c_t \approx 2\,\mathrm{tol}\sqrt{n_\mathrm{eff}(t)/2}`, reaching 1 at
+    :math:`n_\mathrm{eff} = 1/(2\,\mathrm{tol}^2)` (50 steps by default).
+
+    Args:
+        tol (float, optional): tolerated relative error of the adaptive step size
+            :math:`1/\sqrt{\hat v}`, e.g. 0.1 = 10 % (default: 0.1). Must be > 0.
+        rewarm (bool, optional): let the scale fall again when the estimate goes stale and rise
+            as it recovers; the statistics are then measured on every step (default: False).
+        drift (bool, optional): include the drift term :math:`\delta` (default: True; ``False`` is
+            an ablation).
+        kurtosis (bool, optional): measure :math:`K`; ``False`` fixes it at the Gaussian 2, which
+            makes the policy a function of the step count only, like RAdam (an ablation).
+
+    Example:
+        >>> import torch, warmopt
+        >>> w = torch.nn.Parameter(torch.zeros(3))
+        >>> opt = warmopt.Adam([w], lr=1e-3, warmup=warmopt.Measured(tol=0.1))
+        >>> w.grad = torch.ones(3); opt.step()
+        >>> round(float(opt.warmup_scale[0][0]), 3)
+        0.141
+
+    References:
+        Kish, Survey Sampling (1965), effective sample size. Liu et al., On the Variance of the
+        Adaptive Learning Rate and Beyond, ICLR 2020. Wortsman et al., Stable and low-precision
+        training for large-scale vision-language models, NeurIPS 2023 (``g^2/v̂`` as staleness).
+    """
+
+    tol: float = 0.1
+    rewarm: bool = False
+    drift: bool = True
+    kurtosis: bool = True
+
+    name: ClassVar[str] = "measured"
+    needs_statistics: ClassVar[bool] = True
+    state_init: ClassVar[dict[str, float]] = {
+        "confidence": 0.0,
+        "kurtosis": 2.0,
+        "evidence": 1.0,
+        "drift": 0.0,
+    }
+    #: Gaussian excess kurtosis of g^2 (kappa - 1 = 2), the prior for K.
+    PRIOR_KURTOSIS: ClassVar[float] = 2.0
+    #: EMA rate of the drift estimate.
+    DRIFT_DECAY: ClassVar[float] = 0.9
+    #: Drift counts beyond this many standard errors.
+    DRIFT_Z: ClassVar[float] = 2.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
+            raise ValueError(f"Invalid tol value: {self.tol} (must be a finite float > 0)")
+
+    @property
+    def can_fall(self) -> bool:
+        return self.rewarm
+
+    def update(
+        self,
+        state: dict[str, Tensor],
+        step: Tensor,
+        beta: Tensor,
+        stats: Statistics | None,
+        *,
+        bias_corrected: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        if stats is None:
+            raise ValueError("Measured.update needs statistics")
+        n_now = _stats.effective_sample_size(step, beta)
+        n_prev = _stats.effective_sample_size(step - 1, beta).clamp_min(1.0)
+        n_inf = (1 + beta) / (1 - beta)
+        count = stats.count.clamp_min(1.0)
+        valid = stats.valid
+
+        counts = valid > 0
+        # Where nothing was measured the sums may be inf/NaN (no v̂_{t-1} at step 1): select, never
+        # multiply, so they cannot leak into the state.
+        m1 = torch.where(counts, stats.sum_r / count, 1.0)
+        m2 = torch.where(counts, stats.sum_r2 / count, 1.0)
+        kurt, evidence = state["kurtosis"], state["evidence"]
+        if self.kurtosis:
+            k_step = (m2 - 2 * m1 + 1).clamp_min(0.0)
+            weight = torch.where(counts, n_prev, 0.0)
+            evidence = evidence + weight
+            kurt = kurt + weight * (k_step - kurt) / evidence
+        drift = state["drift"]
+        delta = torch.zeros_like(drift)
+        if self.drift:
+            excess = m1 - 1 - kurt / n_prev
+            rho = self.DRIFT_DECAY
+            drift = torch.where(counts, rho * drift + (1 - rho) * excess, drift)
+            sigma = torch.sqrt(kurt / count * ((1 - rho) / (1 + rho)))
+            delta = (drift - self.DRIFT_Z * sigma).clamp_min(0.0)
+
+        err = 0.5 * torch.sqrt(kurt / n_now + delta * delta)
+        target = torch.clamp(math.sqrt(2.0) * 0.5 * torch.sqrt(kurt / n_inf), min=self.tol)
+        candidate = torch.clamp(target / err, max=1.0)
+        confidence = candidate if self.rewarm else torch.maximum(state["confidence"], candidate)
+        scale = confidence if bias_corrected else confidence * torch.sqrt(1 - beta**step)
+        new_state = {
+            "confidence": confidence,
+            "kurtosis": kurt,
+            "evidence": evidence,
+            "drift": drift,
+        }
+        return scale, new_state
+
+
+def _rho(step: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
+    """RAdam's rho_inf and rho_t, in float64 like torch.optim.RAdam's host-side arithmetic."""
+    step64, beta64 = step.double(), beta.double()
+    rho_inf = 2 / (1 - beta64) - 1
+    beta_t = beta64**step64
+    return rho_inf, rho_inf - 2 * step64 * beta_t / (1 - beta_t)
+
+
+@dataclass(frozen=True)
+class RAdamRectification(WarmupPolicy):
+    r"""RAdam's variance rectification :math:`r_t`, exactly as ``torch.optim.RAdam`` computes it.
+
+    .. math::
+        \rho_\infty = \frac{2}{1-\beta} - 1,\quad
+        \rho_t = \rho_\infty - \frac{2t\beta^t}{1-\beta^t},\quad
+        s_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}}
+        \ \text{if } \rho_t > 5,\ \text{else } 0.
+
+    A function of the step and ``beta`` only. Where RAdam takes an un-adapted momentum-SGD step
+    (:math:`\rho_t \le 5`, the first 5 steps for ``beta`` in [0.9, 0.9995]) this policy, which can
+    only scale Adam's own step, uses 0: those steps update the moments but not the parameters.
+    With ``beta <= 0.6``, :math:`\rho_\infty \le 4` and the scale stays 0 (RAdam is then SGD).
+
+    References:
+        Liu et al., On the Variance of the Adaptive Learning Rate and Beyond, ICLR 2020.
+    """
+
+    name: ClassVar[str] = "radam"
+
+    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+        rho_inf, rho_t = _rho(step, beta)
+        rect = torch.sqrt(
+            ((rho_t - 4) * (rho_t - 2) * rho_inf) / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        )
+        scale = torch.where(rho_t > 5.0, rect, torch.zeros_like(rect))
+        return torch.nan_to_num(scale, nan=0.0).float(), {}
+
+
+@dataclass(frozen=True)
+class UntunedLinear(WarmupPolicy):
+    r"""Untuned linear warm-up (Ma & Yarats 2021): :math:`s_t = \min(1,\ t(1-\beta)/2)`.
+
+    References:
+        Ma & Yarats, On the Adequacy of Untuned Warmup for Adaptive Optimization, AAAI 2021.
+    """
+
+    name: ClassVar[str] = "untuned_linear"
+
+    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+        return torch.clamp(step * (1 - beta) / 2, max=1.0), {}
+
+
+@dataclass(frozen=True)
+class UntunedExponential(WarmupPolicy):
+    r"""Untuned exponential warm-up (Ma & Yarats 2021): :math:`s_t = 1 - \exp(-(1-\beta)t)`.
+
+    It never reaches exactly 1 in real arithmetic; in float32 it does after about
+    :math:`17/(1-\beta)` steps, when the optimizer stops tracking it.
+
+    References:
+        Ma & Yarats, On the Adequacy of Untuned Warmup for Adaptive Optimization, AAAI 2021.
+    """
+
+    name: ClassVar[str] = "untuned_exponential"
+
+    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+        return -torch.expm1(-(1 - beta) * step), {}
+
+
+@dataclass(frozen=True)
+class Linear(WarmupPolicy):
+    r"""Linear warm-up over a fixed number of steps: :math:`s_t = \min(1,\ t/N)`.
+
+    Args:
+        warmup_steps (int): :math:`N`, at least 1.
+    """
+
+    warmup_steps: int = 1000
+    name: ClassVar[str] = "linear"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int):
+            raise TypeError(f"warmup_steps must be an int, got {type(self.warmup_steps).__name__}")
+        if self.warmup_steps < 1:
+            raise ValueError(f"Invalid warmup_steps value: {self.warmup_steps} (must be >= 1)")
+
+    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+        return torch.clamp(step / float(self.warmup_steps), max=1.0), {}
+
+
+@dataclass(frozen=True)
+class Constant(WarmupPolicy):
+    """Scale 1 from the first step: no warm-up, but the warm-up machinery stays on (for tests).
+
+    ``warmup=None`` is the real "off" switch: it skips all warm-up work and follows torch's
+    own step bit for bit.
+    """
+
+    name: ClassVar[str] = "constant"
+
+    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+        return torch.ones_like(step), {}
+
+
+POLICIES: dict[str, type[WarmupPolicy]] = {
+    cls.name: cls
+    for cls in (Measured, RAdamRectification, UntunedLinear, UntunedExponential, Linear, Constant)
+}
+
+
+def resolve_policy(warmup: WarmupPolicy | str | None) -> WarmupPolicy | None:
+    """Turn the ``warmup=`` argument into a policy object (``None`` and ``"none"`` mean off)."""
+    if warmup is None:
+        return None
+    if isinstance(warmup, WarmupPolicy):
+        return warmup
+    if isinstance(warmup, str):
+        if warmup == "none":
+            return None
+        if warmup not in POLICIES:
+            names = ", ".join(repr(n) for n in ["none", *POLICIES])
+            raise ValueError(f"Invalid warmup policy name: {warmup!r} (expected one of {names})")
+        return POLICIES[warmup]()
+    raise TypeError(
+        "warmup must be a WarmupPolicy, a policy name or None, "
+        f"got {type(warmup).__name__}"
+    )
