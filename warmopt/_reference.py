@@ -1,0 +1,160 @@
+"""Slow, obvious reference of the whole warm-up step: the test oracle for the fast paths.
+
+Everything is done one parameter at a time with Python floats for the policy arithmetic
+(``math``, float64), the fresh ratio element by element in float64, and torch's *single-tensor*
+update called with ``lr * scale`` directly (no snapshot, no lerp). It shares no code with
+``optimizer.py``/``_step.py``/``_stats.py``/``Measured.update`` beyond torch itself and the
+policy's settings, so agreement checks the vectorised statistics, the policy arithmetic, the
+per-tensor bookkeeping and the lerp identity at once. Only per-tensor granularity.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.adam import adam
+from torch.optim.rmsprop import rmsprop
+
+from .policies import (
+    Constant,
+    Linear,
+    Measured,
+    RAdamRectification,
+    UntunedExponential,
+    UntunedLinear,
+    WarmupPolicy,
+)
+
+__all__ = ["ReferenceOptimizer"]
+
+
+def _n_eff(t: float, beta: float) -> float:
+    if t <= 0:
+        return 0.0
+    return (1 + beta) * (1 - beta**t) / ((1 - beta) * (1 + beta**t))
+
+
+class ReferenceOptimizer:
+    """Per-tensor warm-up reference for one param group of Adam/AdamW (``base="adam"``) or
+    RMSprop (``base="rmsprop"``). ``hyper`` are torch's keyword arguments (``lr``, ``betas`` or
+    ``alpha``, ``eps``, ``weight_decay``, ...)."""
+
+    def __init__(
+        self, params: list[Tensor], base: str, policy: WarmupPolicy, **hyper: Any
+    ) -> None:
+        self.params = list(params)
+        self.base = base
+        self.policy = policy
+        self.hyper = hyper
+        self.state: dict[int, dict[str, Any]] = {}
+        self.scales: dict[int, float] = {}
+
+    # -- policy, one tensor, plain floats
+    def _policy(self, st: dict[str, Any], t: float, beta: float, r: Tensor | None) -> float:
+        p = self.policy
+        if isinstance(p, Constant):
+            return 1.0
+        if isinstance(p, Linear):
+            return min(1.0, t / p.warmup_steps)
+        if isinstance(p, UntunedLinear):
+            return min(1.0, t * (1 - beta) / 2)
+        if isinstance(p, UntunedExponential):
+            return 1 - math.exp(-(1 - beta) * t)
+        if isinstance(p, RAdamRectification):
+            rho_inf = 2 / (1 - beta) - 1
+            rho_t = rho_inf - 2 * t * beta**t / (1 - beta**t)
+            if rho_t <= 5:
+                return 0.0
+            return math.sqrt(
+                (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+            )
+        assert isinstance(p, Measured)
+        n_now, n_prev = _n_eff(t, beta), max(1.0, _n_eff(t - 1, beta))
+        if r is not None and r.numel() > 0:
+            m1 = float(r.mean())
+            m2 = float((r * r).mean())
+            if p.kurtosis:
+                weight = n_prev
+                st["evidence"] += weight
+                st["kurtosis"] += weight * (max(0.0, m2 - 2 * m1 + 1) - st["kurtosis"]) / st[
+                    "evidence"
+                ]
+            if p.drift:
+                rho = Measured.DRIFT_DECAY
+                st["drift"] = rho * st["drift"] + (1 - rho) * (m1 - 1 - st["kurtosis"] / n_prev)
+        delta = 0.0
+        if p.drift:
+            rho = Measured.DRIFT_DECAY
+            count = max(1, r.numel()) if r is not None else st["count"]
+            sigma = math.sqrt(st["kurtosis"] / count * (1 - rho) / (1 + rho))
+            delta = max(0.0, st["drift"] - Measured.DRIFT_Z * sigma)
+        err = 0.5 * math.sqrt(st["kurtosis"] / n_now + delta**2)
+        n_inf = (1 + beta) / (1 - beta)
+        target = max(p.tol, math.sqrt(2) * 0.5 * math.sqrt(st["kurtosis"] / n_inf))
+        cand = min(1.0, target / err)
+        st["confidence"] = cand if p.rewarm else max(st["confidence"], cand)
+        scale = st["confidence"]
+        if self.base == "rmsprop":
+            scale *= math.sqrt(1 - beta**t)
+        return scale
+
+    @torch.no_grad()
+    def step(self) -> None:
+        h = self.hyper
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            g = p.grad
+            st = self.state.setdefault(
+                i,
+                {
+                    "step": torch.tensor(0.0),
+                    "m": torch.zeros_like(p),
+                    "v": torch.zeros_like(p),
+                    "vmax": torch.zeros_like(p),
+                    "buf": torch.zeros_like(p),
+                    "gavg": torch.zeros_like(p),
+                    "confidence": 0.0,
+                    "kurtosis": Measured.PRIOR_KURTOSIS,
+                    "evidence": 1.0,
+                    "drift": 0.0,
+                    "count": max(1, p.numel() * (2 if p.is_complex() else 1)),
+                },
+            )
+            beta = float(h.get("betas", (0.9, 0.999))[1] if self.base == "adam" else h.get("alpha", 0.99))
+            t = float(st["step"]) + 1
+            r = None
+            if t >= 2:
+                gr = torch.view_as_real(g) if g.is_complex() else g
+                vr = torch.view_as_real(st["v"]) if g.is_complex() else st["v"]
+                x = gr.double().flatten() ** 2
+                vhat_prev = vr.double().flatten() / (1 - beta ** (t - 1))
+                w = (1 - beta) / (1 - beta**t)
+                den = torch.maximum(vhat_prev, w * x).clamp_min(1e-30)
+                r = x / den
+            scale = self._policy(st, t, beta, r)
+            self.scales[i] = scale
+            lr = float(h.get("lr", 1e-3)) * scale
+            if self.base == "adam":
+                b1, b2 = h.get("betas", (0.9, 0.999))
+                adam(
+                    [p], [g], [st["m"]], [st["v"]], [st["vmax"]], [st["step"]],
+                    foreach=False, amsgrad=h.get("amsgrad", False), beta1=b1, beta2=b2, lr=lr,
+                    weight_decay=h.get("weight_decay", 0), eps=h.get("eps", 1e-8),
+                    maximize=h.get("maximize", False),
+                    decoupled_weight_decay=h.get("decoupled_weight_decay", False),
+                    has_complex=p.is_complex(),
+                )  # fmt: skip
+            else:
+                momentum = h.get("momentum", 0)
+                rmsprop(
+                    [p], [g], [st["v"]], [st["gavg"]] if h.get("centered") else [],
+                    [st["buf"]] if momentum > 0 else [], [st["step"]], foreach=False,
+                    lr=lr, alpha=beta, eps=h.get("eps", 1e-8),
+                    weight_decay=h.get("weight_decay", 0), momentum=momentum,
+                    centered=h.get("centered", False), maximize=h.get("maximize", False),
+                    has_complex=p.is_complex(),
+                )  # fmt: skip
