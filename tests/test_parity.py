@@ -1,0 +1,101 @@
+"""warmup=None is torch's own optimizer, bit for bit, on the same code path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import warmopt
+
+from .cases import CASE_MODES, MODES, Case, feed, twins
+
+SHAPES = [(5, 3), (7,), (), (0, 3), (2, 3, 4)]
+
+
+def _assert_same(a: list[torch.Tensor], b: list[torch.Tensor], opt_a, opt_b) -> None:  # type: ignore[no-untyped-def]
+    for x, y in zip(a, b):
+        assert torch.equal(x, y), (x - y).abs().max()
+    for x, y in zip(a, b):
+        sa, sb = opt_a.state.get(x, {}), opt_b.state.get(y, {})
+        assert set(sb) <= set(sa)
+        for k in sb:
+            assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("case,mode", CASE_MODES, ids=str)
+@pytest.mark.parametrize("warmup", [None, "constant"])
+def test_trajectory_equals_torch_without_warmup(case: Case, mode: str, warmup) -> None:  # type: ignore[no-untyped-def]
+    """warmup=None follows torch exactly; 'constant' (scale 1 through the warm-up machinery:
+    snapshot, stats, lerp by 0) does too."""
+    ours, theirs = twins(SHAPES)
+    opt = case.warmopt_class()(ours, **case.kwargs, **MODES[mode], warmup=warmup)
+    ref = case.torch_class()(theirs, **case.kwargs, **MODES[mode])
+    for t in range(12):
+        feed([ours, theirs], t, none_every=4)
+        opt.step()
+        ref.step()
+    _assert_same(ours, theirs, opt, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mode", ["single", "foreach", "fused"])
+def test_parity_in_other_dtypes(dtype: torch.dtype, mode: str) -> None:
+    ours, theirs = twins([(4, 4), (3,)], dtype=dtype)
+    opt = warmopt.Adam(ours, lr=1e-2, **MODES[mode], warmup=None)
+    ref = torch.optim.Adam(theirs, lr=1e-2, **MODES[mode])
+    for t in range(6):
+        feed([ours, theirs], t)
+        opt.step()
+        ref.step()
+    _assert_same(ours, theirs, opt, ref)
+
+
+def test_parity_with_several_groups_and_a_large_tensor() -> None:
+    ours, theirs = twins([(512, 1024), (10,), (3, 3)])
+    groups = lambda ps: [  # noqa: E731
+        {"params": ps[:1], "lr": 1e-3},
+        {"params": ps[1:], "lr": 3e-2, "weight_decay": 0.1},
+    ]
+    opt = warmopt.Adam(groups(ours), foreach=True, warmup=None)
+    ref = torch.optim.Adam(groups(theirs), foreach=True)
+    for t in range(3):
+        feed([ours, theirs], t)
+        opt.step()
+        ref.step()
+    _assert_same(ours, theirs, opt, ref)
+
+
+def test_parity_of_complex_parameters() -> None:
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(6, dtype=torch.complex64, generator=gen)
+    a, b = torch.nn.Parameter(base.clone()), torch.nn.Parameter(base.clone())
+    opt = warmopt.Adam([a], lr=1e-2, warmup=None)
+    ref = torch.optim.Adam([b], lr=1e-2)
+    for _ in range(5):
+        g = torch.randn(6, dtype=torch.complex64, generator=gen)
+        a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    assert torch.equal(a, b)
+
+
+def test_tensor_lr_matches_torch() -> None:
+    ours, theirs = twins([(3, 3)])
+    opt = warmopt.Adam(ours, lr=torch.tensor(0.01), warmup=None)
+    ref = torch.optim.Adam(theirs, lr=torch.tensor(0.01))
+    for t in range(4):
+        feed([ours, theirs], t)
+        opt.step()
+        ref.step()
+    _assert_same(ours, theirs, opt, ref)
+
+
+def test_wrapped_instance_follows_the_same_trajectory() -> None:
+    ours, theirs = twins([(4, 2), (2,)])
+    opt = warmopt.WarmupOptimizer(torch.optim.AdamW(ours, lr=1e-2), warmup=None)
+    ref = torch.optim.AdamW(theirs, lr=1e-2)
+    for t in range(5):
+        feed([ours, theirs], t)
+        opt.step()
+        ref.step()
+    _assert_same(ours, theirs, opt, ref)
