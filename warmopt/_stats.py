@@ -26,6 +26,11 @@ __all__ = [
 _TINY = 1e-30
 
 
+def _floating(step: Tensor) -> Tensor:
+    """Step counts as floats, keeping float64 where given (the policies compute in float64)."""
+    return step if step.is_floating_point() else step.to(torch.float32)
+
+
 def effective_sample_size(step: Tensor, beta: Tensor | float) -> Tensor:
     r"""Kish effective sample size of the bias-corrected EMA after ``step`` updates.
 
@@ -36,22 +41,22 @@ def effective_sample_size(step: Tensor, beta: Tensor | float) -> Tensor:
     It is 1 at ``t = 1``, about ``t`` while ``t << 1/(1-beta)`` and tends to ``(1+beta)/(1-beta)``
     (RAdam's :math:`\rho_\infty`). ``step = 0`` gives 0. ``beta = 0`` gives 1 for every ``t >= 1``.
     """
-    step = step.to(torch.float32)
-    bt = torch.as_tensor(beta, dtype=torch.float32, device=step.device) ** step
-    beta_t = torch.as_tensor(beta, dtype=torch.float32, device=step.device)
+    step = _floating(step)
+    beta_t = torch.as_tensor(beta, dtype=step.dtype, device=step.device)
+    bt = beta_t**step
     return (1 + beta_t) * (1 - bt) / ((1 - beta_t) * (1 + bt))
 
 
 def asymptotic_sample_size(beta: Tensor | float) -> Tensor:
     r""":math:`n_\mathrm{eff}(\infty) = (1+\beta)/(1-\beta) = 2/(1-\beta) - 1` (RAdam's ``rho_inf``)."""
-    beta_t = torch.as_tensor(beta, dtype=torch.float32)
+    beta_t = torch.as_tensor(beta, dtype=torch.float64)
     return (1 + beta_t) / (1 - beta_t)
 
 
 def newest_weight(step: Tensor, beta: Tensor | float) -> Tensor:
     r"""Weight of the newest sample in ``v̂_t``: :math:`w_t = (1-\beta)/(1-\beta^t)` (1 at ``t = 1``)."""
-    step = step.to(torch.float32)
-    beta_t = torch.as_tensor(beta, dtype=torch.float32, device=step.device)
+    step = _floating(step)
+    beta_t = torch.as_tensor(beta, dtype=step.dtype, device=step.device)
     return (1 - beta_t) / (1 - beta_t**step)
 
 

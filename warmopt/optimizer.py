@@ -338,7 +338,9 @@ class WarmupOptimizer(Optimizer):
             return [[] for _ in batches]
         home = params[0].device
         states = [self.state[p] for p in params]
-        step = _stack_to([s for b in batches for s in b.state_steps], home) + 1
+        # step and beta in float64: 1 - beta must be exact for the closed forms (float32 0.999 gives
+        # an untuned-linear period of 2000.03 steps, i.e. one step late).
+        step = _stack_to([s for b in batches for s in b.state_steps], home).double() + 1
         beta = _per_tensor(
             [self._algorithm.beta(g) for g in self.param_groups],
             [len(b.params) for b in batches],
@@ -369,7 +371,7 @@ class WarmupOptimizer(Optimizer):
         if not policy.can_fall:
             self._done_flag.publish((new["scale"] >= 1.0).all())
 
-        keep_all = 1.0 - new["scale"]
+        keep_all = (1.0 - new["scale"]).float()
         keeps: list[list[Tensor]] = []
         start = 0
         for b in batches:
@@ -561,12 +563,12 @@ def _real(ts: list[Tensor]) -> list[Tensor]:
 
 
 def _per_tensor(values: list[float | Tensor], counts: list[int], device: torch.device) -> Tensor:
-    """Expand one value per group to one float32 entry per tensor, on ``device``."""
+    """Expand one value per group to one float64 entry per tensor, on ``device``."""
     if all(not isinstance(v, Tensor) for v in values):
         flat = [float(v) for v, n in zip(values, counts) for _ in range(n)]  # type: ignore[arg-type]
-        return torch.tensor(flat, dtype=torch.float32).to(device, non_blocking=True)
+        return torch.tensor(flat, dtype=torch.float64).to(device, non_blocking=True)
     parts = [
-        torch.as_tensor(v, dtype=torch.float32).reshape(()).to(device).expand(n)
+        torch.as_tensor(v).reshape(()).to(device, torch.float64).expand(n)
         for v, n in zip(values, counts)
         if n
     ]

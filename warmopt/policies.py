@@ -202,6 +202,7 @@ class Measured(WarmupPolicy):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         if stats is None:
             raise ValueError("Measured.update needs statistics")
+        step, beta = step.double(), beta.double()
         n_now = _stats.effective_sample_size(step, beta)
         n_prev = _stats.effective_sample_size(step - 1, beta).clamp_min(1.0)
         n_inf = (1 + beta) / (1 - beta)
@@ -239,7 +240,7 @@ class Measured(WarmupPolicy):
             "evidence": evidence,
             "drift": drift,
         }
-        return scale, new_state
+        return scale.float(), new_state
 
 
 def _rho(step: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
@@ -291,7 +292,8 @@ class UntunedLinear(WarmupPolicy):
     name: ClassVar[str] = "untuned_linear"
 
     def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
-        return torch.clamp(step * (1 - beta) / 2, max=1.0), {}
+        step, beta = step.double(), beta.double()
+        return torch.clamp(step * (1 - beta) / 2, max=1.0).float(), {}
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,8 @@ class UntunedExponential(WarmupPolicy):
     name: ClassVar[str] = "untuned_exponential"
 
     def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
-        return -torch.expm1(-(1 - beta) * step), {}
+        step, beta = step.double(), beta.double()
+        return (-torch.expm1(-(1 - beta) * step)).float(), {}
 
 
 @dataclass(frozen=True)
@@ -329,7 +332,7 @@ class Linear(WarmupPolicy):
             raise ValueError(f"Invalid warmup_steps value: {self.warmup_steps} (must be >= 1)")
 
     def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
-        return torch.clamp(step / float(self.warmup_steps), max=1.0), {}
+        return torch.clamp(step / float(self.warmup_steps), max=1.0).float(), {}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,267 @@
+"""Properties of the statistics core and of every warm-up policy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import warmopt
+from warmopt import _stats
+from warmopt.policies import POLICIES, Statistics
+
+from benchmarks.warmup_curves import first_reach, make_gradient, scale_curve
+
+FAST = settings(max_examples=40, deadline=None)
+betas = st.floats(min_value=0.5, max_value=0.9995)
+
+
+# ---------------------------------------------------------------- statistics core
+
+
+@FAST
+@given(beta=betas, t=st.integers(min_value=1, max_value=20000))
+def test_effective_sample_size_is_between_one_and_its_limits(beta: float, t: int) -> None:
+    n = float(_stats.effective_sample_size(torch.tensor([float(t)]), beta)[0])
+    n_next = float(_stats.effective_sample_size(torch.tensor([float(t + 1)]), beta)[0])
+    limit = float(_stats.asymptotic_sample_size(beta))
+    assert 1 - 1e-4 <= n <= min(t, limit) * (1 + 1e-4)
+    assert n_next >= n - 1e-4
+
+
+def test_effective_sample_size_matches_kish_sum() -> None:
+    beta, t = 0.99, 37
+    w = torch.tensor([(1 - beta) * beta ** (t - i) for i in range(1, t + 1)], dtype=torch.float64)
+    w = w / w.sum()
+    kish = float(1 / (w * w).sum())
+    assert math.isclose(float(_stats.effective_sample_size(torch.tensor([t]), beta)[0]), kish, rel_tol=1e-5)
+
+
+@FAST
+@given(
+    beta=st.floats(min_value=0.5, max_value=0.999),
+    t=st.integers(min_value=2, max_value=500),
+    c=st.floats(min_value=1e-3, max_value=1e3),
+    seed=st.integers(0, 10_000),
+)
+def test_fresh_ratio_sums_match_a_plain_loop_and_are_scale_free(
+    beta: float, t: int, c: float, seed: int
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    g = [torch.randn(7, generator=gen), torch.randn(3, 2, generator=gen)]
+    v = [torch.rand(7, generator=gen) * (torch.rand(7, generator=gen) > 0.2), torch.rand(3, 2, generator=gen)]
+    step = torch.tensor([float(t), float(t)])
+    prev_bc = 1 - beta ** (step - 1)
+    w = _stats.newest_weight(step, beta)
+    s1, s2 = _stats.fresh_ratio_sums(g, v, prev_bc, w)
+    for i in range(2):
+        x = g[i].double().flatten() ** 2
+        vhat = v[i].double().flatten() / (1 - beta ** (t - 1))
+        r = x / torch.maximum(vhat, float(w[i]) * x).clamp_min(1e-30)
+        assert float(r.max()) <= 1 / float(w[i]) * (1 + 1e-5)
+        assert math.isclose(float(s1[i]), float(r.sum()), rel_tol=1e-4, abs_tol=1e-6)
+        assert math.isclose(float(s2[i]), float((r * r).sum()), rel_tol=1e-4, abs_tol=1e-6)
+    # g -> c g, v -> c^2 v leaves the ratio unchanged
+    s1c, s2c = _stats.fresh_ratio_sums([x * c for x in g], [x * c * c for x in v], prev_bc, w)
+    torch.testing.assert_close(s1c, s1, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(s2c, s2, rtol=1e-3, atol=1e-5)
+
+
+# ---------------------------------------------------------------- every policy, pure
+
+
+def _random_stats(gen: torch.Generator, n: int) -> Statistics:
+    count = torch.randint(1, 1000, (n,), generator=gen).float()
+    m1 = torch.rand(n, generator=gen) * 5
+    m2 = m1 * m1 + torch.rand(n, generator=gen) * 50
+    return Statistics(m1 * count, m2 * count, count, (torch.rand(n, generator=gen) > 0.1).float())
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("bias_corrected", [True, False])
+@FAST
+@given(beta=betas, seed=st.integers(0, 10_000))
+def test_every_policy_scale_lies_in_unit_interval_and_never_falls(
+    name: str, bias_corrected: bool, beta: float, seed: int
+) -> None:
+    policy = POLICIES[name]()
+    gen = torch.Generator().manual_seed(seed)
+    n = 5
+    state = {k: torch.full((n,), v) for k, v in policy.state_init.items()}
+    prev = torch.zeros(n)
+    for t in range(1, 60):
+        step = torch.full((n,), float(t))
+        scale, state = policy.update(
+            state, step, torch.full((n,), beta), _random_stats(gen, n), bias_corrected=bias_corrected
+        )
+        assert torch.isfinite(scale).all()
+        assert ((scale >= 0) & (scale <= 1)).all()
+        assert (scale >= prev - 1e-7).all(), (t, scale, prev)
+        prev = scale
+
+
+def test_measured_first_step_is_not_lost() -> None:
+    """No step of lr exactly 0 once a first estimate exists: step 1 gets tol * sqrt(2)."""
+    for tol in (0.05, 0.1, 0.3):
+        p = torch.nn.Parameter(torch.zeros(3))
+        opt = warmopt.Adam([p], lr=1.0, warmup=warmopt.Measured(tol=tol))
+        p.grad = torch.ones(3)
+        opt.step()
+        assert math.isclose(float(opt.warmup_scale[0][0]), min(1.0, tol * math.sqrt(2)), rel_tol=1e-6)
+        assert float(p.detach().abs().min()) > 0
+
+
+# ---------------------------------------------------------------- measured, through the optimizer
+
+
+def _reach(kind: str, beta2: float, level: float = 0.9, steps: int = 3000) -> int:
+    r = first_reach(scale_curve("measured", kind, beta2, steps, n=2048), level)
+    assert r is not None, f"{kind} never reached {level} in {steps} steps"
+    return r
+
+
+def test_measured_reaches_one_on_stationary_gaussian_gradients() -> None:
+    for beta2 in (0.99, 0.999):
+        assert _reach("gaussian", beta2, level=1.0) <= 100
+
+
+def test_heavy_tails_warm_longer_than_gaussian() -> None:
+    gauss, laplace, sparse = (_reach(k, 0.999) for k in ("gaussian", "laplace", "sparse"))
+    assert gauss < laplace < sparse
+
+
+def test_drifting_gradients_warm_longer_than_stationary() -> None:
+    assert _reach("drift", 0.999) > 2 * _reach("gaussian", 0.999)
+
+
+def test_heavy_tails_with_small_beta_still_finish() -> None:
+    """With beta2=0.99 and kappa=20 v̂ never gets within 10 %; the floor rule ends warm-up."""
+    assert _reach("sparse", 0.99, level=1.0, steps=1000) <= 1.2 * 0.6 * (1 + 0.99) / 0.01
+
+
+def test_measured_is_faster_than_radam_on_gaussian_but_never_below_the_tolerance_rule() -> None:
+    """Stationary Gaussian, beta2=0.999: RAdam reaches 0.9 after ~2737 steps whatever the data;
+    the measured policy after n_eff ~ 0.81/(2 tol^2) (~41 steps at tol=0.1)."""
+    radam = first_reach(scale_curve("radam", "gaussian", 0.999, 3000, n=16), 0.9)
+    assert radam == 2737
+    measured = _reach("gaussian", 0.999)
+    assert 30 <= measured <= 80
+
+
+def test_scales_are_per_tensor_and_independent() -> None:
+    """A tensor's scale depends on its own gradients only, not on its neighbours."""
+    gen = torch.Generator().manual_seed(0)
+    a1, a2, b = (torch.nn.Parameter(torch.zeros(512)) for _ in range(3))
+    alone = warmopt.Adam([a1], lr=1e-6)
+    together = warmopt.Adam([a2, b], lr=1e-6)
+    for t in range(1, 80):
+        g = make_gradient("gaussian", t, 512, gen)
+        a1.grad, a2.grad = g.clone(), g.clone()
+        b.grad = make_gradient("sparse", t, 512, gen)
+        alone.step()
+        together.step()
+        assert float(alone.warmup_scale[0][0]) == float(together.warmup_scale[0][0])
+    assert float(together.warmup_scale[0][0]) == 1.0
+    assert float(together.warmup_scale[0][1]) < 0.9
+
+
+def test_param_group_added_later_warms_on_its_own() -> None:
+    gen = torch.Generator().manual_seed(0)
+    old, new = torch.nn.Parameter(torch.zeros(256)), torch.nn.Parameter(torch.zeros(256))
+    opt = warmopt.Adam([old], lr=1e-6)
+    for t in range(1, 120):
+        old.grad = make_gradient("gaussian", t, 256, gen)
+        opt.step()
+    assert float(opt.warmup_scale[0][0]) == 1.0
+    opt.add_param_group({"params": [new]})
+    old.grad = make_gradient("gaussian", 0, 256, gen)
+    new.grad = make_gradient("gaussian", 0, 256, gen)
+    opt.step()
+    assert float(opt.warmup_scale[0][0]) == 1.0
+    assert math.isclose(float(opt.warmup_scale[1][0]), 0.1 * math.sqrt(2), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("granularity", ["group", "global"])
+def test_pooled_granularities_share_one_scale(granularity: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.zeros(64)) for _ in range(4)]
+    opt = warmopt.Adam([{"params": ps[:2]}, {"params": ps[2:]}], lr=1e-6, granularity=granularity)
+    for t in range(1, 30):
+        for i, p in enumerate(ps):
+            p.grad = make_gradient("sparse" if i == 3 else "gaussian", t, 64, gen)
+        opt.step()
+    g0, g1 = opt.warmup_scale
+    assert g0[0] == g0[1] and g1[0] == g1[1]
+    if granularity == "global":
+        assert g0[0] == g1[0]
+
+
+def test_rmsprop_first_step_is_not_ten_times_lr() -> None:
+    """torch's RMSprop moves lr/sqrt(1-alpha) = 10 lr on step 1; the measured warm-up removes the
+    bias factor exactly, so the step is tol*sqrt(2)*lr."""
+    p = torch.nn.Parameter(torch.zeros(100))
+    q = torch.nn.Parameter(torch.zeros(100))
+    ours, theirs = warmopt.RMSprop([p], lr=0.01), torch.optim.RMSprop([q], lr=0.01)
+    g = torch.randn(100)
+    p.grad, q.grad = g.clone(), g.clone()
+    ours.step()
+    theirs.step()
+    assert math.isclose(float(q.detach().abs().mean()), 0.1, rel_tol=1e-3)
+    assert math.isclose(float(p.detach().abs().mean()), 0.01 * 0.1 * math.sqrt(2), rel_tol=1e-3)
+
+
+def test_radam_policy_is_torch_radams_rectification() -> None:
+    """Adam with warmup='radam' and torch.optim.RAdam take steps whose ratio to plain Adam's is
+    exactly r_t (eps=0 removes the one place their formulas differ); before rho_t > 5 the scale is 0."""
+    gen = torch.Generator().manual_seed(0)
+    kw = dict(lr=1e-3, betas=(0.9, 0.99), eps=0.0)
+    x, y = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64)), torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    ours = warmopt.Adam([x], **kw, warmup="radam")
+    radam, adam = torch.optim.RAdam([y], **kw), None
+    z = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    adam = torch.optim.Adam([z], **kw)
+    for t in range(1, 40):
+        g = torch.randn(4, generator=gen, dtype=torch.float64)
+        y0, z0 = y.detach().clone(), z.detach().clone()
+        x.grad, y.grad, z.grad = g.clone(), g.clone(), g.clone()
+        ours.step()
+        radam.step()
+        adam.step()
+        s = float(ours.warmup_scale[0][0])
+        if t <= 5:
+            assert s == 0.0
+        else:
+            ratio = ((y.detach() - y0) / (z.detach() - z0)).mean().item()
+            assert math.isclose(s, ratio, rel_tol=1e-6), (t, s, ratio)
+
+
+def test_untuned_and_linear_closed_forms() -> None:
+    for t in (1, 10, 500, 2000, 5000):
+        step, beta = torch.tensor([float(t)]), torch.tensor([0.999], dtype=torch.float64)
+        lin, _ = warmopt.UntunedLinear().update({}, step, beta, None)
+        exp, _ = warmopt.UntunedExponential().update({}, step, beta, None)
+        fixed, _ = warmopt.Linear(100).update({}, step, beta, None)
+        assert math.isclose(float(lin), min(1.0, t * 0.001 / 2), rel_tol=1e-5)
+        assert math.isclose(float(exp), 1 - math.exp(-0.001 * t), rel_tol=1e-4)
+        assert math.isclose(float(fixed), min(1.0, t / 100), rel_tol=1e-6)
+
+
+def test_rewarm_falls_when_the_estimate_goes_stale_and_recovers() -> None:
+    gen = torch.Generator().manual_seed(0)
+    p, q = torch.nn.Parameter(torch.zeros(1024)), torch.nn.Parameter(torch.zeros(1024))
+    rewarm = warmopt.Adam([p], lr=1e-6, betas=(0.9, 0.99), warmup=warmopt.Measured(rewarm=True))
+    mono = warmopt.Adam([q], lr=1e-6, betas=(0.9, 0.99))
+    trace = []
+    for t in range(1, 400):
+        g = make_gradient("gaussian", t, 1024, gen) * (30.0 if t > 200 else 1.0)
+        p.grad, q.grad = g.clone(), g.clone()
+        rewarm.step()
+        mono.step()
+        trace.append(float(rewarm.warmup_scale[0][0]))
+        assert float(mono.warmup_scale[0][0]) >= (1.0 if t > 100 else 0.0)
+    assert trace[199] == 1.0
+    assert min(trace[200:210]) < 0.5  # stale: gradients 30x larger than v̂
+    assert trace[-1] == 1.0  # re-warmed
