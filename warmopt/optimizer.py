@@ -258,21 +258,28 @@ class WarmupOptimizer(Optimizer):
         self._warmup_done = False
         self._done_flag = _HostFlag()
 
-    @staticmethod
-    def _process_value_according_to_param_policy(
-        param: Tensor,
-        value: Tensor,
-        param_id: int,
-        param_groups: list[dict[Any, Any]],
-        key: Any = None,
-    ) -> Tensor:
-        # torch casts every per-parameter state tensor to the parameter's dtype on load; the
-        # warm-up numbers are float32 scalars and must stay so (a bf16 scale loses 3 digits).
-        if isinstance(key, str) and key.startswith(_PREFIX):
-            return value.to(dtype=torch.float32, device=param.device)
-        return Optimizer._process_value_according_to_param_policy(
-            param, value, param_id, param_groups, key
-        )
+    @torch._disable_dynamo
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As :meth:`torch.optim.Optimizer.load_state_dict`, keeping the warm-up numbers float32.
+
+        torch casts every per-parameter state tensor except ``step`` to the parameter's dtype; a
+        bfloat16 copy of a scale keeps 3 digits, so the ``warmup_*`` entries are restored from the
+        saved values in float32. A checkpoint without them (plain torch.optim.Adam) loads too: the
+        warm-up state is then created on the next step and the policy restarts from the
+        checkpoint's step count (see docs/warmup.md, "Resuming").
+        """
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params):
+            saved = state_dict["state"].get(saved_id, {})
+            for key, value in saved.items():
+                if isinstance(key, str) and key.startswith(_PREFIX) and isinstance(value, Tensor):
+                    self.state[p][key] = value.detach().to(
+                        dtype=torch.float32, device=p.device, copy=True
+                    )
+        self._warmup_done = False
+        self._done_flag.reset()
 
     # ------------------------------------------------------------------ the step
 
