@@ -73,15 +73,16 @@ class ReferenceOptimizer:
             )
         assert isinstance(p, Measured)
         n_now, n_prev = _n_eff(t, beta), max(1.0, _n_eff(t - 1, beta))
-        if r is not None and r.numel() > 0:
+        if r is not None and r.numel() > 0 and float(r.sum()) > 0:
             m1 = float(r.mean())
-            m2 = float((r * r).mean())
             if p.kurtosis:
+                if r.numel() >= 2:
+                    k_step = float(r.var(unbiased=True)) / m1**2
+                else:
+                    k_step = float(r[0] - 1) ** 2
                 weight = n_prev
                 st["evidence"] += weight
-                st["kurtosis"] += weight * (max(0.0, m2 - 2 * m1 + 1) - st["kurtosis"]) / st[
-                    "evidence"
-                ]
+                st["kurtosis"] += weight * (max(0.0, k_step) - st["kurtosis"]) / st["evidence"]
             if p.drift:
                 rho = Measured.DRIFT_DECAY
                 st["drift"] = rho * st["drift"] + (1 - rho) * (m1 - 1 - st["kurtosis"] / n_prev)

@@ -117,9 +117,11 @@ class Measured(WarmupPolicy):
     * :math:`n_\mathrm{eff}(t) = (1+\beta)(1-\beta^t)/((1-\beta)(1+\beta^t))`: how many effective
       samples :math:`\hat v_t` rests on. :math:`\mathrm{RSE}(\hat v_t)^2 = (\kappa-1)/n_\mathrm{eff}`
       and, by the delta method, :math:`\mathrm{RSE}(\psi) = \tfrac12\mathrm{RSE}(\hat v)`.
-    * :math:`K_t`: the mean of the per-step :math:`\overline{(r-1)^2}`, weighted by the sample size
-      :math:`n_\mathrm{eff}(t-1)` each measurement rests on, shrunk towards the Gaussian value 2 with
-      the weight of one sample. Heavy tails (:math:`K` large) need more samples; light tails fewer.
+    * :math:`K_t`: the mean of the per-step relative variance of :math:`r` across the tensor's
+      :math:`N` coordinates, :math:`\frac{N}{N-1}(\overline{r^2}/\bar r^2 - 1)` (for a single
+      coordinate :math:`(r-1)^2`), weighted by the sample size :math:`n_\mathrm{eff}(t-1)` each
+      measurement rests on and shrunk towards the Gaussian value 2 with the weight of one sample.
+      Heavy tails (:math:`K` large) need more samples; light tails fewer.
     * :math:`\delta_t`: the relative under-estimate of :math:`\hat v` caused by gradients growing
       faster than the EMA follows. :math:`D_t` is an EMA (rate 0.9) of
       :math:`\bar r - 1 - K_t/n_\mathrm{eff}(t-1)` (the mean fresh ratio minus what sampling noise
@@ -209,14 +211,18 @@ class Measured(WarmupPolicy):
         count = stats.count.clamp_min(1.0)
         valid = stats.valid
 
-        counts = valid > 0
         # Where nothing was measured the sums may be inf/NaN (no v̂_{t-1} at step 1): select, never
-        # multiply, so they cannot leak into the state.
+        # multiply, so they cannot leak into the state. All-zero gradients (r = 0) measure nothing.
+        counts = (valid > 0) & (stats.sum_r > 0)
         m1 = torch.where(counts, stats.sum_r / count, 1.0)
         m2 = torch.where(counts, stats.sum_r2 / count, 1.0)
         kurt, evidence = state["kurtosis"], state["evidence"]
         if self.kurtosis:
-            k_step = (m2 - 2 * m1 + 1).clamp_min(0.0)
+            # Relative variance of r across the tensor's coordinates (unbiased): kappa - 1 for
+            # stationary gradients, and blind to a drift common to the whole tensor (r -> c r), which
+            # the drift term handles. A single coordinate has no spread: use (r - 1)^2 over time.
+            spread = (m2 / (m1 * m1) - 1) * count / (count - 1).clamp_min(1.0)
+            k_step = torch.where(count >= 2, spread, m2 - 2 * m1 + 1).clamp_min(0.0)
             weight = torch.where(counts, n_prev, 0.0)
             evidence = evidence + weight
             kurt = kurt + weight * (k_step - kurt) / evidence
