@@ -108,11 +108,12 @@ def main() -> None:
         "numel": 4096,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "warmup_curves.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    stem = "warmup_curves_quick" if args.quick else "warmup_curves"
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = _markdown(rows, steps)
-    (args.out / "warmup_curves.md").write_text(md)
+    (args.out / f"{stem}.md").write_text(md)
     print(md)
-    _plot(curves, args.out / "warmup_curves.png")
+    _plot(curves, args.out / f"{stem}.png")
 
 
 def _fmt(v: int | None, steps: int) -> str:
