@@ -1,0 +1,311 @@
+"""The README's main job: warmopt beside the usual warm-ups on real data, in a few minutes.
+
+Task: scikit-learn's bundled 8x8 handwritten digits (``sklearn.datasets.load_digits``, 1797
+images, shipped with the package, no download), a 3-layer ReLU MLP without normalisation layers,
+cross-entropy, mini-batches of 64, Adam with betas (0.9, 0.999). Every method sees the same
+initial weights and the same batch order for a given seed.
+
+Methods:
+
+* ``adam``            torch.optim.Adam, no warm-up
+* ``warmopt``         warmopt.Adam, default measured warm-up (no warm-up length to set)
+* ``radam``           torch.optim.RAdam
+* ``untuned_linear``  torch.optim.Adam + pytorch_warmup.UntunedLinearWarmup (2/(1-beta2) steps)
+* ``linear_oracle``   torch.optim.Adam + linear warm-up of 25, 100 or 400 steps: the best of the
+                      three at each learning rate, picked on the final training loss (hand-tuned)
+
+Usage::
+
+    python -m benchmarks.demo            # ~2-3 minutes on a 2-core laptop CPU
+    python -m benchmarks.demo --tiny     # seconds: the smoke test's setting
+
+Prints a table and writes ``benchmarks/results/demo.{json,md}`` and ``demo_lr.png``,
+``demo_curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import warmopt
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ORACLE_LENGTHS = (25, 100, 400)
+
+
+@dataclass
+class Data:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+def load_data(seed: int = 0) -> Data:
+    """Digits, scaled to [0, 1], split 80/20 with a fixed permutation."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float32) / 16.0
+    y = torch.tensor(y, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    cut = int(0.8 * len(x))
+    return Data(x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]])
+
+
+def make_model(seed: int, width: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, width),
+        torch.nn.ReLU(),
+        torch.nn.Linear(width, width),
+        torch.nn.ReLU(),
+        torch.nn.Linear(width, 10),
+    )
+
+
+class _Schedule:
+    """Wraps an optimizer with an optional per-step LR multiplier applied by a real scheduler."""
+
+    def __init__(self, opt: torch.optim.Optimizer, after_step: Callable[[], None] | None) -> None:
+        self.opt, self.after_step = opt, after_step
+
+    def step(self) -> None:
+        self.opt.step()
+        if self.after_step is not None:
+            self.after_step()
+
+
+def make_method(name: str, params: Any, lr: float) -> _Schedule:
+    betas = (0.9, 0.999)
+    if name == "adam":
+        return _Schedule(torch.optim.Adam(params, lr=lr, betas=betas), None)
+    if name == "warmopt":
+        return _Schedule(warmopt.Adam(params, lr=lr, betas=betas), None)
+    if name == "radam":
+        return _Schedule(torch.optim.RAdam(params, lr=lr, betas=betas), None)
+    if name == "untuned_linear":
+        import pytorch_warmup
+
+        opt = torch.optim.Adam(params, lr=lr, betas=betas)
+        warm = pytorch_warmup.UntunedLinearWarmup(opt)
+
+        def dampen() -> None:
+            with warm.dampening():
+                pass
+
+        return _Schedule(opt, dampen)
+    if name.startswith("linear_"):
+        length = int(name.split("_")[1])
+        opt = torch.optim.Adam(params, lr=lr, betas=betas)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / length))
+        return _Schedule(opt, sched.step)
+    raise ValueError(name)
+
+
+def train(name: str, lr: float, seed: int, data: Data, steps: int, width: int) -> dict[str, Any]:
+    model = make_model(seed, width)
+    method = make_method(name, model.parameters(), lr)
+    gen = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        loss0 = float(F.cross_entropy(model(data.x_train), data.y_train))
+    curve = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(data.x_train), (64,), generator=gen)
+        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        method.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        method.step()
+        curve.append(float(loss))
+        if not math.isfinite(curve[-1]):
+            break
+    with torch.no_grad():
+        final = float(F.cross_entropy(model(data.x_train), data.y_train))
+        acc = float((model(data.x_val).argmax(1) == data.y_val).float().mean())
+    early = curve[: max(1, steps // 5)]
+    return {
+        "method": name, "lr": lr, "seed": seed, "loss0": loss0,
+        "final_loss": final if math.isfinite(final) else float("inf"),
+        "val_acc": acc if math.isfinite(final) else 0.0,
+        "failed": (not math.isfinite(final)) or final >= loss0,
+        "early_loss": sum(early) / len(early), "curve": curve,
+    }  # fmt: skip
+
+
+def summarize(runs: list[dict[str, Any]], methods: list[str], lrs: list[float]) -> list[dict]:
+    """Mean over seeds per (method, lr); the oracle takes the best linear length per lr."""
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs)
+
+    rows = []
+    for lr in lrs:
+        for m in methods:
+            if m == "linear_oracle":
+                cands = [f"linear_{n}" for n in ORACLE_LENGTHS]
+                best = min(
+                    cands,
+                    key=lambda c: mean([r["final_loss"] for r in runs if r["method"] == c and r["lr"] == lr]),
+                )
+                sel = [r for r in runs if r["method"] == best and r["lr"] == lr]
+                label = f"linear_oracle ({best.split('_')[1]} steps)"
+            else:
+                sel = [r for r in runs if r["method"] == m and r["lr"] == lr]
+                label = m
+            rows.append({
+                "lr": lr, "method": m, "label": label,
+                "final_loss": mean([r["final_loss"] for r in sel]),
+                "val_acc": mean([r["val_acc"] for r in sel]),
+                "failures": sum(r["failed"] for r in sel), "seeds": len(sel),
+                "early_loss": mean([r["early_loss"] for r in sel]),
+            })  # fmt: skip
+    return rows
+
+
+def sensitivity(rows: list[dict], loss0: float) -> dict[str, float]:
+    """LR sensitivity (Wortsman et al. 2023): mean over the grid of min(L, L0) minus the best L."""
+    out = {}
+    for m in {r["method"] for r in rows}:
+        ls = [r["final_loss"] for r in rows if r["method"] == m]
+        out[m] = sum(min(v, loss0) for v in ls) / len(ls) - min(ls)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="a few steps: checks the script runs")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.tiny:
+        steps, seeds, lrs, width = 12, [0], [1e-2], 32
+    else:
+        steps, seeds, lrs, width = 600, [0, 1], [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], 256
+    methods = ["adam", "warmopt", "radam", "untuned_linear", "linear_oracle"]
+    runnable = [m for m in methods if m != "linear_oracle"] + [f"linear_{n}" for n in ORACLE_LENGTHS]
+    data = load_data()
+    jobs = [(m, lr, s) for lr in lrs for s in seeds for m in runnable]
+    try:
+        from tqdm import tqdm
+
+        jobs_iter: Any = tqdm(jobs, desc="training", unit="run")
+    except ImportError:
+        jobs_iter = jobs
+    t0 = time.perf_counter()
+    runs = [train(m, lr, s, data, steps, width) for m, lr, s in jobs_iter]
+    elapsed = time.perf_counter() - t0
+    rows = summarize(runs, methods, lrs)
+    loss0 = sum(r["loss0"] for r in runs) / len(runs)
+    sens = sensitivity(rows, loss0)
+    table = _markdown(rows, sens, lrs, methods)
+    print(table)
+    meta = {
+        "torch": torch.__version__, "machine": platform.platform(), "python": platform.python_version(),
+        "commit": _git_commit(), "steps": steps, "seeds": seeds, "width": width,
+        "seconds": round(elapsed, 1), "tiny": args.tiny,
+    }  # fmt: skip
+    result = {"meta": meta, "rows": rows, "sensitivity": sens, "loss0": loss0}
+    stem = "demo_tiny" if args.tiny else "demo"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"{stem}.md").write_text(table)
+    _plot(runs, rows, methods, lrs, args.out, stem)
+    print(f"{len(runs)} runs in {elapsed:.0f} s; results in {args.out}")
+    return result
+
+
+def _markdown(rows: list[dict], sens: dict[str, float], lrs: list[float], methods: list[str]) -> str:
+    lines = [
+        "Final training loss (mean over seeds; `*` = at least one run failed: non-finite or no "
+        "better than at initialisation)",
+        "",
+        "| method | " + " | ".join(f"lr={lr:g}" for lr in lrs) + " | LR sensitivity | failures |",
+        "|---|" + "---|" * (len(lrs) + 2),
+    ]
+    for m in methods:
+        cells, fails = [], 0
+        for lr in lrs:
+            (r,) = [r for r in rows if r["method"] == m and r["lr"] == lr]
+            fails += r["failures"]
+            mark = "*" if r["failures"] else ""
+            cells.append(f"{r['final_loss']:.3f}{mark}")
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {sens[m]:.3f} | {fails} |")
+    lines += ["", "Validation accuracy", "", "| method | " + " | ".join(f"lr={lr:g}" for lr in lrs) + " |",
+              "|---|" + "---|" * len(lrs)]  # fmt: skip
+    for m in methods:
+        cells = []
+        for lr in lrs:
+            (r,) = [r for r in rows if r["method"] == m and r["lr"] == lr]
+            cells.append(f"{r['val_acc']:.3f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    oracle = [r["label"] for r in rows if r["method"] == "linear_oracle"]
+    lines += ["", "Hand-tuned linear warm-up picked per lr: " + ", ".join(
+        f"lr={lr:g}: {o.split('(')[1].rstrip(')')}" for lr, o in zip(lrs, oracle))]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _plot(runs: list[dict], rows: list[dict], methods: list[str], lrs: list[float], out: Path, stem: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in methods:
+        ys = [next(r["final_loss"] for r in rows if r["method"] == m and r["lr"] == lr) for lr in lrs]
+        ax.plot(lrs, [min(y, 10.0) for y in ys], marker="o", label=m)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("final training loss")
+    ax.set_title("digits MLP: final loss vs learning rate")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / f"{stem}_lr.png", dpi=110)
+    plt.close(fig)
+    top = max(lrs)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in [m for m in methods if m != "linear_oracle"]:
+        sel = [r for r in runs if r["method"] == m and r["lr"] == top and r["seed"] == 0]
+        if sel:
+            c = sel[0]["curve"]
+            k = max(1, len(c) // 60)
+            smooth = [sum(c[i : i + k]) / len(c[i : i + k]) for i in range(0, len(c), k)]
+            ax.plot([i * k for i in range(len(smooth))], smooth, label=m)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (batch, smoothed)")
+    ax.set_title(f"loss curves at lr={top:g}, seed 0")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / f"{stem}_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()
