@@ -128,7 +128,7 @@ def train(name: str, lr: float, seed: int, data: Data, steps: int, width: int) -
         method.opt.zero_grad(set_to_none=True)
         loss.backward()
         method.step()
-        curve.append(float(loss))
+        curve.append(loss.item())
         if not math.isfinite(curve[-1]):
             break
     with torch.no_grad():
