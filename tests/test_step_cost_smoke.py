@@ -1,0 +1,73 @@
+"""Smoke test of ``benchmarks/step_cost.py``: the ``--tiny`` preset runs end to end in seconds and
+writes the JSON and markdown the full benchmark writes, with every section filled in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from benchmarks import step_cost
+
+META_KEYS = {
+    "torch", "python", "machine", "platform", "commit", "threads", "device", "quick", "preset",
+    "reps", "warmup_iters", "op_tensor_counts", "bytes_per_param", "traffic_model", "probe",
+    "memory_method", "warming_policy", "warmed_policy", "elapsed_s",
+}  # fmt: skip
+TIMING_KEYS = {
+    "layout", "optimizer", "mode", "variant", "n", "median_ms", "q1_ms", "q3_ms", "min_ms",
+    "max_ms", "ratio_vs_torch", "ratio_of_medians", "paired_ratio_q1", "paired_ratio_q3", "gbps",
+    "fraction_of_probe", "scale_max", "fast_path",
+}  # fmt: skip
+OPS_KEYS = {
+    "optimizer", "mode", "variant", "tensors", "ops", "syncs", "extra_ops", "extra_syncs",
+    "same_ops_as_torch",
+}  # fmt: skip
+MEMORY_KEYS = {"layout", "optimizer", "mode", "variant", "peak_extra_bytes", "state_bytes"}
+
+
+def test_tiny_run_writes_complete_results(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng():
+            result = step_cost.main(["--tiny", "--no-progress", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+
+    written = json.loads((tmp_path / "step_cost.json").read_text())
+    assert written["meta"]["commit"] == result["meta"]["commit"]
+    assert {"meta", "layouts", "probe", "timings", "ops", "memory", "hotspots", "targets"} <= set(
+        written
+    )
+    meta = written["meta"]
+    assert META_KEYS <= set(meta)
+    assert meta["preset"] == "tiny" and meta["quick"] is False and meta["threads"] == 1
+    assert set(written["layouts"]) == {"large", "small", "transformer"}
+    assert set(written["probe"]) == set(written["layouts"])
+
+    timings = written["timings"]
+    for row in timings:
+        assert TIMING_KEYS <= set(row)
+        assert row["median_ms"] > 0 and row["n"] == meta["reps"]
+    # every layout x optimizer x mode x variant once: Adam/AdamW 3 modes, RMSprop 2
+    assert len(timings) == 3 * (3 + 3 + 2) * 3
+    torch_rows = [r for r in timings if r["variant"] == "torch"]
+    assert all(r["ratio_vs_torch"] == 1.0 for r in torch_rows)
+    assert all(r["scale_max"] < 1 for r in timings if r["variant"] == "warming")
+    assert all(r["fast_path"] for r in timings if r["variant"] == "warmed")
+
+    ops = written["ops"]
+    assert len(ops) == (3 + 3 + 2) * 3 * len(meta["op_tensor_counts"])
+    for row in ops:
+        assert OPS_KEYS <= set(row)
+        if row["variant"] == "warmed":
+            assert row["same_ops_as_torch"]
+
+    assert written["memory"] and all(MEMORY_KEYS <= set(r) for r in written["memory"])
+    assert {t["target"] for t in written["targets"]} >= {
+        "fused warming <= 1.30x torch fused",
+        "0 host syncs added",
+    }
+    md = (tmp_path / "step_cost.md").read_text()
+    assert "## Step time" in md and "## Issue targets" in md
