@@ -252,9 +252,13 @@ class WarmupOptimizer(Optimizer):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        name = state.pop("_algorithm_name", "adam")
+        # torch's load_state_dict calls __setstate__ too, with only "state" and "param_groups":
+        # keep the current algorithm then (defaulting to Adam made a loaded RMSprop step as Adam).
+        name = state.pop("_algorithm_name", None)
         super().__setstate__(state)
-        self._algorithm = next(a for a in ALGORITHMS.values() if a.name == name)
+        if name is not None or "_algorithm" not in self.__dict__:
+            name = name or "adam"
+            self._algorithm = next(a for a in ALGORITHMS.values() if a.name == name)
         self._warmup_done = False
         self._done_flag = _HostFlag()
 

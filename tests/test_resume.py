@@ -1,0 +1,265 @@
+"""Checkpoints: exact resume, torch.save/torch.load(weights_only=True), torch <-> warmopt, copies."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import warmopt
+
+from .cases import MODES, feed, twins
+
+SHAPES = [(6, 4), (5,), (), (3, 2, 2)]
+WARMUP_KEYS = ("warmup_scale", "warmup_confidence", "warmup_kurtosis", "warmup_evidence", "warmup_drift")
+
+CONFIGS = [
+    pytest.param(warmopt.Adam, {"lr": 1e-2}, "single", id="adam-single"),
+    pytest.param(warmopt.Adam, {"lr": 1e-2, "amsgrad": True}, "foreach", id="adam-amsgrad-foreach"),
+    pytest.param(warmopt.Adam, {"lr": 1e-2}, "fused", id="adam-fused"),
+    pytest.param(warmopt.AdamW, {"lr": 1e-2}, "foreach", id="adamw-foreach"),
+    pytest.param(warmopt.RMSprop, {"lr": 1e-2, "momentum": 0.5}, "foreach", id="rmsprop-foreach"),
+    pytest.param(warmopt.RMSprop, {"lr": 1e-2, "centered": True}, "single", id="rmsprop-single"),
+]
+
+
+def _round_trip(obj: Any, path: Path | None = None) -> Any:
+    """torch.save then torch.load(weights_only=True), through a file or a BytesIO."""
+    if path is not None:
+        torch.save(obj, path)
+        return torch.load(path, weights_only=True)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def _assert_same_run(
+    a: list[torch.Tensor], b: list[torch.Tensor], opt_a: torch.optim.Optimizer, opt_b: torch.optim.Optimizer
+) -> None:
+    for x, y in zip(a, b):
+        assert torch.equal(x, y), (x - y).abs().max()
+        sa, sb = opt_a.state[x], opt_b.state[y]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), key
+            assert sa[key].dtype == sb[key].dtype, key
+    for sa_, sb_ in zip(opt_a.warmup_scale, opt_b.warmup_scale):  # type: ignore[attr-defined]
+        assert torch.equal(sa_, sb_)
+
+
+@pytest.mark.parametrize("cls,kwargs,mode", CONFIGS)
+@pytest.mark.parametrize("through", ["memory", "file"])
+def test_resume_mid_warmup_follows_the_uninterrupted_run_exactly(
+    cls: type, kwargs: dict[str, Any], mode: str, through: str, tmp_path: Path
+) -> None:
+    ours, resumed = twins(SHAPES)
+    opt = cls(ours, **kwargs, **MODES[mode])
+    for t in range(5):
+        feed([ours], t, none_every=3)
+        opt.step()
+    assert float(torch.cat(opt.warmup_scale).min()) < 0.9  # still warming up
+    ckpt = _round_trip(
+        {"params": [p.detach().clone() for p in ours], "opt": opt.state_dict()},
+        tmp_path / "ckpt.pt" if through == "file" else None,
+    )
+
+    with torch.no_grad():
+        for p, saved in zip(resumed, ckpt["params"]):
+            p.copy_(saved)
+    fresh = cls(resumed, **kwargs, **MODES[mode])
+    fresh.load_state_dict(ckpt["opt"])
+    for key in WARMUP_KEYS if cls is not warmopt.RMSprop else ("warmup_scale",):
+        assert fresh.state[resumed[0]][key].dtype == torch.float32
+    _assert_same_run(ours, resumed, opt, fresh)
+
+    for t in range(5, 14):
+        feed([ours, resumed], t, none_every=3)
+        opt.step()
+        fresh.step()
+        _assert_same_run(ours, resumed, opt, fresh)
+
+
+def test_resume_after_the_warmup_ended_stays_exact() -> None:
+    """The uninterrupted run knows warm-up is over (torch's step, no lerp); the resumed one does
+    not until its first step (lerp by 0). Both give the same numbers."""
+    ours, resumed = twins(SHAPES)
+    opt = warmopt.Adam(ours, lr=1e-2, warmup=warmopt.Linear(3))
+    for t in range(6):
+        feed([ours], t)
+        opt.step()
+    assert opt._warmup_done
+    ckpt = _round_trip({"params": [p.detach().clone() for p in ours], "opt": opt.state_dict()})
+    with torch.no_grad():
+        for p, saved in zip(resumed, ckpt["params"]):
+            p.copy_(saved)
+    fresh = warmopt.Adam(resumed, lr=1e-2, warmup=warmopt.Linear(3))
+    fresh.load_state_dict(ckpt["opt"])
+    assert not fresh._warmup_done
+    for t in range(6, 10):
+        feed([ours, resumed], t)
+        opt.step()
+        fresh.step()
+        _assert_same_run(ours, resumed, opt, fresh)
+
+
+def test_loaded_rmsprop_keeps_stepping_as_rmsprop() -> None:
+    """Regression: torch's load_state_dict calls __setstate__, which used to reset the algorithm
+    to Adam (KeyError: 'exp_avg' on the next step)."""
+    ((p,),) = twins([(3,)], n=1)
+    opt = warmopt.RMSprop([p], lr=1e-2)
+    p.grad = torch.ones(3)
+    opt.step()
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    opt.step()
+    assert opt._algorithm.name == "rmsprop"
+    assert set(opt.state[p]) >= {"square_avg", "warmup_scale"} and "exp_avg" not in opt.state[p]
+
+
+# ---------------------------------------------------------------- torch <-> warmopt checkpoints
+
+TORCH_TWINS = [
+    pytest.param(torch.optim.Adam, warmopt.Adam, id="Adam"),
+    pytest.param(torch.optim.AdamW, warmopt.AdamW, id="AdamW"),
+    pytest.param(torch.optim.RMSprop, warmopt.RMSprop, id="RMSprop"),
+]
+
+
+@pytest.mark.parametrize("torch_cls,ours_cls", TORCH_TWINS)
+def test_torch_checkpoint_early_in_training_loads_and_training_continues(
+    torch_cls: type, ours_cls: type
+) -> None:
+    theirs, ours = twins(SHAPES)
+    ref = torch_cls(theirs, lr=1e-2)
+    for t in range(3):
+        feed([theirs], t)
+        ref.step()
+    ckpt = _round_trip(ref.state_dict())
+    with torch.no_grad():
+        for p, q in zip(ours, theirs):
+            p.copy_(q)
+    opt = ours_cls(ours, lr=1e-2)
+    opt.load_state_dict(ckpt)
+    # the warm-up state is created on the next step, not on load
+    assert not any(k.startswith("warmup_") for st in opt.state.values() for k in st)
+    assert all(torch.equal(s, torch.zeros_like(s)) for s in opt.warmup_scale)
+    for t in range(3, 8):
+        feed([ours], t)
+        opt.step()
+        scales = torch.cat(opt.warmup_scale)
+        assert ((scales >= 0) & (scales <= 1)).all()
+        assert all(torch.isfinite(p).all() for p in ours)
+    assert all(float(opt.state[p]["step"]) == 8 for p in ours)
+    assert all(set(WARMUP_KEYS[:1]) <= set(opt.state[p]) for p in ours)
+
+
+@pytest.mark.parametrize("torch_cls,ours_cls", TORCH_TWINS)
+def test_warmup_after_a_2000_step_torch_checkpoint_restarts_from_its_step_count(
+    torch_cls: type, ours_cls: type
+) -> None:
+    """A long-trained torch checkpoint has a settled second moment: the policy, restarting from
+    the saved step count, goes to (near) 1 at once instead of restarting at 0.14 like step 1."""
+    theirs, ours, new = twins([(8, 4), (4,)], n=3)
+    ref = torch_cls(theirs, lr=1e-3)
+    for t in range(2000):
+        feed([theirs], t)
+        ref.step()
+    ckpt = _round_trip(ref.state_dict())
+    with torch.no_grad():
+        for p, q in zip(ours, theirs):
+            p.copy_(q)
+    opt = ours_cls(ours, lr=1e-3)
+    opt.load_state_dict(ckpt)
+    start = ours_cls(new, lr=1e-3)  # a fresh run for contrast
+    feed([ours, new], 2000)
+    opt.step()
+    start.step()
+    scale = torch.cat(opt.warmup_scale)
+    assert float(scale.min()) >= 0.99, scale
+    fresh_scale = torch.cat(start.warmup_scale)
+    assert float(fresh_scale.max()) < 0.2, fresh_scale
+    for t in range(2001, 2004):
+        feed([ours], t)
+        opt.step()
+        assert float(torch.cat(opt.warmup_scale).min()) >= 0.99
+    assert all(float(opt.state[p]["step"]) == 2004 for p in ours)
+
+
+@pytest.mark.parametrize("torch_cls,ours_cls", TORCH_TWINS)
+def test_warmopt_checkpoint_loads_into_the_plain_torch_optimizer(
+    torch_cls: type, ours_cls: type
+) -> None:
+    """torch keeps the extra warmup_* keys as opaque state and steps as if they were not there."""
+    ours, theirs, control = twins(SHAPES, n=3)
+    opt = ours_cls(ours, lr=1e-2)
+    for t in range(4):
+        feed([ours], t)
+        opt.step()
+    ckpt = _round_trip(opt.state_dict())
+    stripped = copy.deepcopy(ckpt)
+    for st in stripped["state"].values():
+        for key in WARMUP_KEYS:
+            st.pop(key, None)
+    with torch.no_grad():
+        for p, q, r in zip(ours, theirs, control):
+            q.copy_(p)
+            r.copy_(p)
+    ref = torch_cls(theirs, lr=1e-2)
+    ref.load_state_dict(ckpt)
+    plain = torch_cls(control, lr=1e-2)
+    plain.load_state_dict(stripped)
+    for t in range(4, 7):
+        feed([theirs, control], t)
+        ref.step()
+        plain.step()
+    for q, r in zip(theirs, control):
+        assert torch.equal(q, r)
+        assert torch.isfinite(q).all()
+    assert "warmup_scale" in ref.state[theirs[0]]
+
+
+# ---------------------------------------------------------------- copies
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda ps: warmopt.Adam(ps, lr=1e-2), id="adam"),
+        pytest.param(lambda ps: warmopt.RMSprop(ps, lr=1e-2, momentum=0.9), id="rmsprop"),
+        pytest.param(
+            lambda ps: warmopt.AdamW(ps, lr=1e-2, warmup="radam", granularity="group"),
+            id="adamw-radam-group",
+        ),
+        pytest.param(
+            lambda ps: warmopt.WarmupOptimizer(
+                torch.optim.RMSprop(ps, lr=1e-2), warmup=warmopt.Measured(tol=0.2)
+            ),
+            id="wrapped-rmsprop",
+        ),
+    ],
+)
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_deepcopy_and_pickle_continue_identically(make: Any, how: str) -> None:
+    (ours,) = twins(SHAPES, n=1)
+    opt = make(ours)
+    for t in range(3):
+        feed([ours], t)
+        opt.step()
+    if how == "deepcopy":
+        params2, opt2 = copy.deepcopy((ours, opt))
+    else:
+        params2, opt2 = pickle.loads(pickle.dumps((ours, opt)))
+    assert type(opt2) is type(opt)
+    assert opt2.warmup == opt.warmup and opt2.granularity == opt.granularity
+    assert opt2._algorithm is opt._algorithm
+    assert opt2.param_groups[0]["params"][0] is params2[0]
+    for t in range(3, 9):
+        feed([ours, params2], t)
+        opt.step()
+        opt2.step()
+        _assert_same_run(ours, params2, opt, opt2)
