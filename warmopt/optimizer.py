@@ -272,7 +272,25 @@ class WarmupOptimizer(Optimizer):
         warm-up state is then created on the next step and the policy restarts from the
         checkpoint's step count (see docs/warmup.md, "Resuming").
         """
-        super().load_state_dict(state_dict)
+        # The restore works through temporary hooks so that user hooks keep torch's semantics:
+        # the pre-hook runs after the user's and reads the state dict they returned (reading the
+        # argument ignored their changes), the post-hook runs before theirs (restoring after
+        # super() overwrote what their post-hooks set, and they saw bfloat16-cast numbers).
+        loaded: list[dict[str, Any]] = []
+        pre = self.register_load_state_dict_pre_hook(lambda _, sd: loaded.append(sd))
+        post = self.register_load_state_dict_post_hook(
+            lambda _: self._restore_warmup_state(loaded[-1]), prepend=True
+        )
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            pre.remove()
+            post.remove()
+        self._warmup_done = False
+        self._done_flag.reset()
+
+    def _restore_warmup_state(self, state_dict: dict[str, Any]) -> None:
+        """Copy the saved ``warmup_*`` entries into the state as float32 (torch cast them)."""
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
@@ -282,8 +300,6 @@ class WarmupOptimizer(Optimizer):
                     self.state[p][key] = value.detach().to(
                         dtype=torch.float32, device=p.device, copy=True
                     )
-        self._warmup_done = False
-        self._done_flag.reset()
 
     # ------------------------------------------------------------------ the step
 

@@ -1,0 +1,484 @@
+"""warmopt under torch's LR schedulers, GradScaler (both paths), NaN gradients and torch.compile."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch.optim import lr_scheduler as lrs
+
+import warmopt
+
+from .cases import feed, twins
+
+SHAPES = [(6, 4), (4,), (3, 3)]
+
+
+def _groups(ps: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
+    return [{"params": ps[:2]}, {"params": ps[2:], "lr": 3e-3}]
+
+
+# ---------------------------------------------------------------- LR schedulers
+
+SCHEDULERS: list[Any] = [
+    pytest.param(lambda o: lrs.StepLR(o, step_size=3, gamma=0.5), id="StepLR"),
+    pytest.param(lambda o: lrs.CosineAnnealingLR(o, T_max=8, eta_min=1e-4), id="CosineAnnealingLR"),
+    pytest.param(lambda o: lrs.LambdaLR(o, lambda t: 1.0 / (1 + t)), id="LambdaLR"),
+    pytest.param(
+        lambda o: lrs.OneCycleLR(o, max_lr=[0.1, 0.03], total_steps=12), id="OneCycleLR"
+    ),
+    pytest.param(
+        lambda o: lrs.ReduceLROnPlateau(o, factor=0.5, patience=1), id="ReduceLROnPlateau"
+    ),
+    pytest.param(
+        lambda o: lrs.SequentialLR(
+            o,
+            [lrs.LinearLR(o, start_factor=0.1, total_iters=4), lrs.CosineAnnealingLR(o, T_max=8)],
+            milestones=[4],
+        ),
+        id="SequentialLR",
+    ),
+]
+
+
+def _sched_step(sched: Any, t: int) -> None:
+    if isinstance(sched, lrs.ReduceLROnPlateau):
+        sched.step(1.0)  # a flat metric: the LR is halved every other step
+    else:
+        sched.step()
+
+
+def _hyper(opt: torch.optim.Optimizer) -> list[tuple[Any, Any]]:
+    return [(g["lr"], g["betas"]) for g in opt.param_groups]
+
+
+@pytest.mark.parametrize("make_sched", SCHEDULERS)
+@pytest.mark.parametrize("warmup", ["measured", None])
+def test_schedulers_drive_lr_exactly_as_on_torch_adam(
+    make_sched: Callable[[torch.optim.Optimizer], Any], warmup: str | None
+) -> None:
+    """The warm-up never writes lr (or betas): every step the scheduler leaves the same values
+    in param_groups as on a torch.optim.Adam twin; with warmup=None the trajectory is torch's."""
+    ours, theirs = twins(SHAPES)
+    opt = warmopt.Adam(_groups(ours), lr=1e-2, warmup=warmup)
+    ref = torch.optim.Adam(_groups(theirs), lr=1e-2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sched, ref_sched = make_sched(opt), make_sched(ref)
+        assert _hyper(opt) == _hyper(ref)
+        seen = set()
+        for t in range(12):
+            feed([ours, theirs], t)
+            opt.step()
+            ref.step()
+            _sched_step(sched, t)
+            _sched_step(ref_sched, t)
+            assert _hyper(opt) == _hyper(ref), t
+            seen.add(opt.param_groups[0]["lr"])
+    assert len(seen) > 2  # the scheduler really moved lr
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+    if warmup is None:
+        for p, q in zip(ours, theirs):
+            assert torch.equal(p, q)
+    else:
+        assert float(torch.cat(opt.warmup_scale).min()) < 1  # warm-up ran under the scheduler
+        assert sched.state_dict().keys() == ref_sched.state_dict().keys()
+
+
+@pytest.mark.parametrize(
+    "cls,ref_cls",
+    [(warmopt.AdamW, torch.optim.AdamW), (warmopt.RMSprop, torch.optim.RMSprop)],
+    ids=["AdamW", "RMSprop"],
+)
+def test_scheduler_on_adamw_and_rmsprop_with_warmup_none_is_torchs(
+    cls: type, ref_cls: type
+) -> None:
+    ours, theirs = twins(SHAPES)
+    opt, ref = cls(ours, lr=1e-2, warmup=None), ref_cls(theirs, lr=1e-2)
+    sched, ref_sched = lrs.CosineAnnealingLR(opt, T_max=6), lrs.CosineAnnealingLR(ref, T_max=6)
+    for t in range(8):
+        feed([ours, theirs], t)
+        opt.step()
+        ref.step()
+        sched.step()
+        ref_sched.step()
+        assert opt.param_groups[0]["lr"] == ref.param_groups[0]["lr"]
+    for p, q in zip(ours, theirs):
+        assert torch.equal(p, q)
+
+
+def test_scheduler_fills_a_tensor_lr_in_place() -> None:
+    """With a tensor lr (the torch.compile recipe) schedulers fill_ it; the warm-up still only
+    reads it."""
+    ours, theirs = twins(SHAPES)
+    opt = warmopt.Adam(ours, lr=torch.tensor(1e-2))
+    ref = torch.optim.Adam(theirs, lr=torch.tensor(1e-2))
+    lr_obj = opt.param_groups[0]["lr"]
+    sched, ref_sched = lrs.LambdaLR(opt, lambda t: 0.9**t), lrs.LambdaLR(ref, lambda t: 0.9**t)
+    for t in range(5):
+        feed([ours, theirs], t)
+        opt.step()
+        ref.step()
+        sched.step()
+        ref_sched.step()
+        assert opt.param_groups[0]["lr"] is lr_obj
+        assert torch.equal(opt.param_groups[0]["lr"], ref.param_groups[0]["lr"])
+
+
+# ---------------------------------------------------------------- GradScaler
+
+BAD = float("inf")
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2))
+
+
+def _batch(t: int) -> torch.Tensor:
+    return torch.randn(8, 5, generator=torch.Generator().manual_seed(50 + t))
+
+
+def _snapshot(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    return {
+        "params": [p.detach().clone() for p in model.parameters()],
+        "state": {
+            i: {k: v.clone() for k, v in opt.state[p].items()}
+            for i, p in enumerate(model.parameters())
+            if p in opt.state
+        },
+    }
+
+
+def _assert_snapshots_equal(a: dict[str, Any], b: dict[str, Any]) -> None:
+    for x, y in zip(a["params"], b["params"]):
+        assert torch.equal(x, y)
+    assert a["state"].keys() == b["state"].keys()
+    for i in a["state"]:
+        assert a["state"][i].keys() == b["state"][i].keys()
+        for k in a["state"][i]:
+            assert torch.equal(a["state"][i][k], b["state"][i][k]), (i, k)
+
+
+def _scaled_run(
+    make_opt: Callable[[Any], torch.optim.Optimizer],
+    steps: list[int],
+    bad: set[int],
+    scaler: bool = True,
+    clip: bool = False,
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[dict[str, Any]]]:
+    """Train on the batches ``steps``; on steps in ``bad`` the loss is inf. Returns the model, the
+    optimizer and a (before, after) snapshot pair for every bad step."""
+    model = _model()
+    opt = make_opt(model.parameters())
+    sc = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=1000) if scaler else None
+    pairs = []
+    for t in steps:
+        opt.zero_grad()
+        loss = model(_batch(t)).square().mean()
+        if t in bad:
+            loss = loss * BAD
+        if sc is None:
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            opt.step()
+            continue
+        sc.scale(loss).backward()
+        if clip:
+            sc.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+        before = _snapshot(model, opt)
+        old_scale = sc.get_scale()
+        sc.step(opt)
+        sc.update()
+        if t in bad:
+            pairs.append({"before": before, "after": _snapshot(model, opt)})
+            assert sc.get_scale() == old_scale / 2  # the scaler saw the inf
+    return model, opt, pairs
+
+
+NON_FUSED = [
+    pytest.param(lambda ps: warmopt.Adam(ps, lr=1e-2, foreach=False), id="adam-single"),
+    pytest.param(lambda ps: warmopt.Adam(ps, lr=1e-2, foreach=True), id="adam-foreach"),
+    pytest.param(lambda ps: warmopt.AdamW(ps, lr=1e-2), id="adamw"),
+    pytest.param(lambda ps: warmopt.RMSprop(ps, lr=1e-2, momentum=0.5), id="rmsprop"),
+]
+FUSED = [
+    pytest.param(lambda ps: warmopt.Adam(ps, lr=1e-2, fused=True), id="adam-fused"),
+    pytest.param(
+        lambda ps: warmopt.AdamW(ps, lr=1e-2, fused=True, amsgrad=True), id="adamw-amsgrad-fused"
+    ),
+    pytest.param(
+        lambda ps: warmopt.WarmupOptimizer(torch.optim.Adam(ps, lr=1e-2, fused=True)),
+        id="wrapped-fused",
+    ),
+]
+
+
+def test_grad_scaler_works_on_cpu() -> None:
+    sc = torch.amp.GradScaler("cpu")
+    assert sc.is_enabled()
+    assert not warmopt.Adam(_model().parameters())._step_supports_amp_scaling
+    assert warmopt.Adam(_model().parameters(), fused=True)._step_supports_amp_scaling
+
+
+@pytest.mark.parametrize("make_opt", NON_FUSED)
+@pytest.mark.parametrize("bad_step", [0, 2])
+def test_grad_scaler_skips_the_step_on_inf_non_fused_path(
+    make_opt: Callable[[Any], torch.optim.Optimizer], bad_step: int
+) -> None:
+    """GradScaler does not call step() at all: nothing changes, the next steps are those of a run
+    that never saw the bad batch."""
+    steps = list(range(6))
+    model, opt, pairs = _scaled_run(make_opt, steps, {bad_step})
+    (pair,) = pairs
+    _assert_snapshots_equal(pair["before"], pair["after"])
+    clean_model, clean_opt, _ = _scaled_run(make_opt, [t for t in steps if t != bad_step], set())
+    _assert_snapshots_equal(_snapshot(model, opt), _snapshot(clean_model, clean_opt))
+
+
+@pytest.mark.parametrize("make_opt", FUSED)
+@pytest.mark.parametrize("bad_step", [0, 2])
+def test_grad_scaler_fused_path_inf_step_changes_nothing(
+    make_opt: Callable[[Any], torch.optim.Optimizer], bad_step: int
+) -> None:
+    """Fused path: the scaler sets grad_scale/found_inf and always calls step(). The inf step
+    leaves params, moments, step and every warmup_* entry as they were (on step 0 the state is
+    created at its initial values), and the run then equals one that never saw the bad batch."""
+    steps = list(range(6))
+    model, opt, pairs = _scaled_run(make_opt, steps, {bad_step})
+    (pair,) = pairs
+    after = pair["after"]
+    if bad_step == 0:
+        assert pair["before"]["state"] == {}
+        for st in after["state"].values():
+            assert float(st["step"]) == 0
+            assert float(st["warmup_scale"]) == 0 and float(st["warmup_evidence"]) == 1
+            assert float(st["warmup_kurtosis"]) == 2 and float(st["warmup_confidence"]) == 0
+            assert not st["exp_avg"].any() and not st["exp_avg_sq"].any()
+        for x, y in zip(pair["before"]["params"], after["params"]):
+            assert torch.equal(x, y)
+    else:
+        _assert_snapshots_equal(pair["before"], after)
+        assert "warmup_drift" in after["state"][0]
+    clean_model, clean_opt, _ = _scaled_run(make_opt, [t for t in steps if t != bad_step], set())
+    _assert_snapshots_equal(_snapshot(model, opt), _snapshot(clean_model, clean_opt))
+
+
+@pytest.mark.parametrize("make_opt", FUSED + NON_FUSED[1:2])
+@pytest.mark.parametrize("clip", [False, True], ids=["scaled-grads", "unscale_-and-clip"])
+def test_loss_scale_does_not_change_the_warmup_statistics(
+    make_opt: Callable[[Any], torch.optim.Optimizer], clip: bool
+) -> None:
+    """On the fused path step() sees gradients still multiplied by the loss scale (or, after
+    scaler.unscale_ for clipping, unscaled with grad_scale=None); the warm-up divides by
+    grad_scale, so scales and kurtosis match a run without any scaler."""
+    steps = list(range(8))
+    model, opt, _ = _scaled_run(make_opt, steps, set(), clip=clip)
+    plain_model, plain_opt, _ = _scaled_run(make_opt, steps, set(), scaler=False, clip=clip)
+    for p, q in zip(model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        for key in ("warmup_scale", "warmup_kurtosis", "warmup_drift", "exp_avg_sq"):
+            torch.testing.assert_close(opt.state[p][key], plain_opt.state[q][key], rtol=1e-5, atol=1e-7)
+    assert float(torch.cat(opt.warmup_scale).min()) < 1
+
+
+@pytest.mark.parametrize("mode", [{"foreach": False}, {"foreach": True}, {"fused": True}], ids=str)
+@pytest.mark.parametrize("warmup", [None, "measured"])
+def test_nan_gradient_without_a_scaler_poisons_params_as_torch_adam_does(
+    mode: dict[str, bool], warmup: str | None
+) -> None:
+    """Current behaviour, documented: without a GradScaler a NaN gradient is not filtered (as in
+    torch.optim.Adam) - the coordinate's moments and parameter become NaN at the same places as
+    in torch and stay NaN. The warm-up numbers themselves stay finite (a NaN sum measures
+    nothing), so the other tensors keep warming up."""
+    ours, theirs = twins(SHAPES)
+    opt = warmopt.Adam(ours, lr=1e-2, warmup=warmup, **mode)
+    ref = torch.optim.Adam(theirs, lr=1e-2, **mode)
+    for t in range(6):
+        feed([ours, theirs], t)
+        if t == 2:
+            for ps in (ours, theirs):
+                assert ps[0].grad is not None
+                ps[0].grad[1, 2] = float("nan")
+        opt.step()
+        ref.step()
+    for p, q in zip(ours, theirs):
+        assert torch.equal(torch.isnan(p), torch.isnan(q))
+        if warmup is None:
+            torch.testing.assert_close(p, q, rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(ours[0][1, 2]) and torch.isnan(ours[0]).sum() == 1
+    assert all(torch.isfinite(p).all() for p in ours[1:])
+    if warmup is not None:
+        for p in ours:
+            for k, v in opt.state[p].items():
+                if k.startswith("warmup_"):
+                    assert torch.isfinite(v), k
+        assert float(torch.cat(opt.warmup_scale).min()) > 0
+
+
+# ---------------------------------------------------------------- torch.compile
+
+
+@pytest.fixture
+def fresh_dynamo():  # type: ignore[no-untyped-def]
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("cls", [warmopt.Adam, warmopt.RMSprop], ids=["adam", "rmsprop"])
+def test_compiled_train_step_matches_eager(cls: type) -> None:
+    """The whole train step (forward, backward, opt.step) under torch.compile (aot_eager: the
+    AOT-autograd trace without the C++ codegen) with a tensor lr equals eager within float32
+    rounding: the compiled functional optimizers take the capturable-style code path."""
+    model, twin = _model(), _model()
+    opt = cls(model.parameters(), lr=torch.tensor(1e-2))
+    ref = cls(twin.parameters(), lr=torch.tensor(1e-2))
+
+    def train_step(m: torch.nn.Module, o: torch.optim.Optimizer, x: torch.Tensor) -> torch.Tensor:
+        loss = m(x).square().mean()
+        loss.backward()
+        o.step()
+        return loss.detach()
+
+    compiled = torch.compile(train_step, backend="aot_eager")
+    for t in range(6):
+        opt.zero_grad()
+        ref.zero_grad()
+        _close(compiled(model, opt, _batch(t)), train_step(twin, ref, _batch(t)))
+        for p, q in zip(model.parameters(), twin.parameters()):
+            _close(p, q)
+        for s, r in zip(opt.warmup_scale, ref.warmup_scale):
+            _close(s, r)
+    assert float(torch.cat(opt.warmup_scale).max()) < 1  # compared during the warm-up
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_compiled_step_does_not_recompile_as_the_scale_and_lr_change() -> None:
+    """What is realistic: step 1 compiles (with graph breaks: torch's _init_group is
+    compiler-disabled for subclasses, and the host read of "warm-up finished" is data
+    dependent), step 2 recompiles once because step 1 created the state (as for torch's own
+    optimizers), and after that no step recompiles while the scales move every step and a
+    scheduler fills the tensor lr."""
+    from torch._dynamo.testing import CompileCounter
+
+    (ours,) = twins(SHAPES, n=1)
+    opt = warmopt.Adam(ours, lr=torch.tensor(1e-2))
+    sched = lrs.LambdaLR(opt, lambda t: 0.95**t)
+    counter = CompileCounter()
+
+    @torch.compile(backend=counter)
+    def step() -> None:
+        opt.step()
+
+    frames, scales = [], []
+    for t in range(10):
+        feed([ours], t)
+        step()
+        sched.step()
+        frames.append(counter.frame_count)
+        scales.append(opt.warmup_scale[0].clone())
+    assert frames[2:] == [frames[1]] * 8, frames
+    assert frames[1] <= 4, frames  # a handful of graphs, not one per step
+    assert all(not torch.equal(a, b) for a, b in zip(scales[2:], scales[3:]))  # scale moved
+    assert float(opt.param_groups[0]["lr"]) < 1e-2  # and so did lr
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_compiled_step_recompiles_once_when_the_warmup_ends() -> None:
+    """When every scale has reached 1 the step becomes torch's (a host-side flag read without a
+    sync): one more compilation, then none."""
+    from torch._dynamo.testing import CompileCounter
+
+    (ours,) = twins(SHAPES, n=1)
+    opt = warmopt.Adam(ours, lr=torch.tensor(1e-2), warmup=warmopt.Linear(4))
+    counter = CompileCounter()
+
+    @torch.compile(backend=counter)
+    def step() -> None:
+        opt.step()
+
+    frames = []
+    for t in range(10):
+        feed([ours], t)
+        step()
+        frames.append(counter.frame_count)
+    assert opt._warmup_done
+    assert len(set(frames[1:])) <= 2 and frames[-1] - frames[1] <= 1, frames
+    assert frames[-5:] == [frames[-1]] * 5, frames
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_inductor_compiled_step_matches_eager() -> None:
+    """The default backend (inductor, C++ codegen on CPU). Slow: about 50 s of C++ compilation on
+    a 2-core machine with a cold cache."""
+    ours, theirs = twins(SHAPES)
+    opt = warmopt.Adam(ours, lr=torch.tensor(1e-2))
+    ref = warmopt.Adam(theirs, lr=torch.tensor(1e-2))
+
+    @torch.compile
+    def step() -> None:
+        opt.step()
+
+    for t in range(6):
+        feed([ours, theirs], t)
+        step()
+        ref.step()
+        for p, q in zip(ours, theirs):
+            _close(p, q)
+        _close(opt.warmup_scale[0], ref.warmup_scale[0])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA device")
+@pytest.mark.parametrize("warmup", [None, "measured"])
+def test_capturable_step_replays_in_a_cuda_graph(warmup: str | None) -> None:
+    """capturable=True: the step (warm-up included) is captured once and replayed; the replays
+    follow an eager twin."""
+    dev = torch.device("cuda")
+    ours, theirs = ([p.detach().to(dev).requires_grad_() for p in ps] for ps in twins(SHAPES))
+    kw: dict[str, Any] = {"lr": torch.tensor(1e-2, device=dev), "capturable": True, "foreach": True}
+    opt = warmopt.Adam(ours, warmup=warmup, **kw)
+    ref = warmopt.Adam(theirs, warmup=warmup, **kw)
+    gens = [torch.Generator().manual_seed(7)]
+
+    def grads() -> list[torch.Tensor]:
+        return [torch.randn(p.shape, generator=gens[0]).to(dev) for p in ours]
+
+    static = grads()
+    for p, q, g in zip(ours, theirs, static):
+        p.grad, q.grad = g, g.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up iterations on a side stream, as torch recommends
+        for _ in range(3):
+            opt.step()
+            ref.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for _ in range(5):
+        new = grads()
+        for g, n, q in zip(static, new, theirs):
+            g.copy_(n)
+            q.grad = n.clone()
+        graph.replay()
+        ref.step()
+    torch.cuda.synchronize()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q)
+    torch.testing.assert_close(opt.warmup_scale[0], ref.warmup_scale[0])
