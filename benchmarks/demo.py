@@ -157,7 +157,9 @@ def summarize(runs: list[dict[str, Any]], methods: list[str], lrs: list[float]) 
                 cands = [f"linear_{n}" for n in ORACLE_LENGTHS]
                 best = min(
                     cands,
-                    key=lambda c: mean([r["final_loss"] for r in runs if r["method"] == c and r["lr"] == lr]),
+                    key=lambda c: mean(
+                        [r["final_loss"] for r in runs if r["method"] == c and r["lr"] == lr]
+                    ),
                 )
                 sel = [r for r in runs if r["method"] == best and r["lr"] == lr]
                 label = f"linear_oracle ({best.split('_')[1]} steps)"
@@ -194,7 +196,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         steps, seeds, lrs, width = 600, [0, 1], [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], 256
     methods = ["adam", "warmopt", "radam", "untuned_linear", "linear_oracle"]
-    runnable = [m for m in methods if m != "linear_oracle"] + [f"linear_{n}" for n in ORACLE_LENGTHS]
+    runnable = [m for m in methods if m != "linear_oracle"] + [
+        f"linear_{n}" for n in ORACLE_LENGTHS
+    ]
     data = load_data()
     jobs = [(m, lr, s) for lr in lrs for s in seeds for m in runnable]
     try:
@@ -212,7 +216,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = _markdown(rows, sens, lrs, methods)
     print(table)
     meta = {
-        "torch": torch.__version__, "machine": platform.platform(), "python": platform.python_version(),
+        "torch": torch.__version__, "machine": platform.platform(),
+        "python": platform.python_version(),
         "commit": _git_commit(), "steps": steps, "seeds": seeds, "width": width,
         "seconds": round(elapsed, 1), "tiny": args.tiny,
     }  # fmt: skip
@@ -226,7 +231,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def _markdown(rows: list[dict], sens: dict[str, float], lrs: list[float], methods: list[str]) -> str:
+def _markdown(
+    rows: list[dict], sens: dict[str, float], lrs: list[float], methods: list[str]
+) -> str:
     lines = [
         "Final training loss (mean over seeds; `*` = at least one run failed: non-finite or no "
         "better than at initialisation)",
@@ -242,7 +249,8 @@ def _markdown(rows: list[dict], sens: dict[str, float], lrs: list[float], method
             mark = "*" if r["failures"] else ""
             cells.append(f"{r['final_loss']:.3f}{mark}")
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {sens[m]:.3f} | {fails} |")
-    lines += ["", "Validation accuracy", "", "| method | " + " | ".join(f"lr={lr:g}" for lr in lrs) + " |",
+    header = "| method | " + " | ".join(f"lr={lr:g}" for lr in lrs) + " |"
+    lines += ["", "Validation accuracy", "", header,
               "|---|" + "---|" * len(lrs)]  # fmt: skip
     for m in methods:
         cells = []
@@ -256,7 +264,9 @@ def _markdown(rows: list[dict], sens: dict[str, float], lrs: list[float], method
     return "\n".join(lines) + "\n"
 
 
-def _plot(runs: list[dict], rows: list[dict], methods: list[str], lrs: list[float], out: Path, stem: str) -> None:
+def _plot(
+    runs: list[dict], rows: list[dict], methods: list[str], lrs: list[float], out: Path, stem: str
+) -> None:
     try:
         import matplotlib
 
@@ -267,7 +277,9 @@ def _plot(runs: list[dict], rows: list[dict], methods: list[str], lrs: list[floa
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in methods:
-        ys = [next(r["final_loss"] for r in rows if r["method"] == m and r["lr"] == lr) for lr in lrs]
+        ys = [
+            next(r["final_loss"] for r in rows if r["method"] == m and r["lr"] == lr) for lr in lrs
+        ]
         ax.plot(lrs, [min(y, 10.0) for y in ys], marker="o", label=m)
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -27,9 +27,11 @@ class Case:
         return f"{self.base}({kw})"
 
     def torch_class(self) -> type[torch.optim.Optimizer]:
-        return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}[
-            self.base
-        ]
+        return {
+            "adam": torch.optim.Adam,
+            "adamw": torch.optim.AdamW,
+            "rmsprop": torch.optim.RMSprop,
+        }[self.base]
 
     def warmopt_class(self) -> type[warmopt.WarmupOptimizer]:
         return {"adam": warmopt.Adam, "adamw": warmopt.AdamW, "rmsprop": warmopt.RMSprop}[self.base]

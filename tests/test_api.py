@@ -70,7 +70,7 @@ def test_wrapper_shares_the_instances_groups_and_state(cls: type) -> None:
 @pytest.mark.parametrize("cls", [torch.optim.SGD, torch.optim.RAdam, torch.optim.NAdam])
 def test_wrapping_another_optimizer_is_a_type_error(cls: type) -> None:
     inner = cls([torch.nn.Parameter(torch.ones(1))], lr=0.1)
-    with pytest.raises(TypeError, match="Adam, torch.optim.AdamW and torch.optim.RMSprop"):
+    with pytest.raises(TypeError, match=r"Adam, torch\.optim\.AdamW and torch\.optim\.RMSprop"):
         warmopt.WarmupOptimizer(inner)
 
 
@@ -100,7 +100,9 @@ def test_warmup_state_lives_in_the_per_parameter_state_dict() -> None:
     p.grad = torch.ones(3, dtype=torch.bfloat16)
     opt.step()
     sd = opt.state_dict()
-    assert {"step", "exp_avg", "exp_avg_sq", "warmup_scale", "warmup_kurtosis"} <= set(sd["state"][0])
+    assert {"step", "exp_avg", "exp_avg_sq", "warmup_scale", "warmup_kurtosis"} <= set(
+        sd["state"][0]
+    )
     q = torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
     twin = warmopt.Adam([q])
     twin.load_state_dict(sd)

@@ -52,10 +52,13 @@ def test_parity_in_other_dtypes(dtype: torch.dtype, mode: str) -> None:
 
 def test_parity_with_several_groups_and_a_large_tensor() -> None:
     ours, theirs = twins([(512, 1024), (10,), (3, 3)])
-    groups = lambda ps: [  # noqa: E731
-        {"params": ps[:1], "lr": 1e-3},
-        {"params": ps[1:], "lr": 3e-2, "weight_decay": 0.1},
-    ]
+
+    def groups(ps: list[torch.nn.Parameter]) -> list[dict]:
+        return [
+            {"params": ps[:1], "lr": 1e-3},
+            {"params": ps[1:], "lr": 3e-2, "weight_decay": 0.1},
+        ]
+
     opt = warmopt.Adam(groups(ours), foreach=True, warmup=None)
     ref = torch.optim.Adam(groups(theirs), foreach=True)
     for t in range(3):

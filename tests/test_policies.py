@@ -10,10 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import warmopt
+from benchmarks.warmup_curves import first_reach, make_gradient, scale_curve
 from warmopt import _stats
 from warmopt.policies import POLICIES, Statistics
-
-from benchmarks.warmup_curves import first_reach, make_gradient, scale_curve
 
 FAST = settings(max_examples=40, deadline=None)
 betas = st.floats(min_value=0.5, max_value=0.9995)
@@ -37,7 +36,9 @@ def test_effective_sample_size_matches_kish_sum() -> None:
     w = torch.tensor([(1 - beta) * beta ** (t - i) for i in range(1, t + 1)], dtype=torch.float64)
     w = w / w.sum()
     kish = float(1 / (w * w).sum())
-    assert math.isclose(float(_stats.effective_sample_size(torch.tensor([t]), beta)[0]), kish, rel_tol=1e-5)
+    assert math.isclose(
+        float(_stats.effective_sample_size(torch.tensor([t]), beta)[0]), kish, rel_tol=1e-5
+    )
 
 
 @FAST
@@ -52,7 +53,10 @@ def test_fresh_ratio_sums_match_a_plain_loop_and_are_scale_free(
 ) -> None:
     gen = torch.Generator().manual_seed(seed)
     g = [torch.randn(7, generator=gen), torch.randn(3, 2, generator=gen)]
-    v = [torch.rand(7, generator=gen) * (torch.rand(7, generator=gen) > 0.2), torch.rand(3, 2, generator=gen)]
+    v = [
+        torch.rand(7, generator=gen) * (torch.rand(7, generator=gen) > 0.2),
+        torch.rand(3, 2, generator=gen),
+    ]
     step = torch.tensor([float(t), float(t)])
     prev_bc = 1 - beta ** (step - 1)
     w = _stats.newest_weight(step, beta)
@@ -95,7 +99,11 @@ def test_every_policy_scale_lies_in_unit_interval_and_never_falls(
     for t in range(1, 60):
         step = torch.full((n,), float(t))
         scale, state = policy.update(
-            state, step, torch.full((n,), beta), _random_stats(gen, n), bias_corrected=bias_corrected
+            state,
+            step,
+            torch.full((n,), beta),
+            _random_stats(gen, n),
+            bias_corrected=bias_corrected,
         )
         assert torch.isfinite(scale).all()
         assert ((scale >= 0) & (scale <= 1)).all()
@@ -110,7 +118,9 @@ def test_measured_first_step_is_not_lost() -> None:
         opt = warmopt.Adam([p], lr=1.0, warmup=warmopt.Measured(tol=tol))
         p.grad = torch.ones(3)
         opt.step()
-        assert math.isclose(float(opt.warmup_scale[0][0]), min(1.0, tol * math.sqrt(2)), rel_tol=1e-6)
+        assert math.isclose(
+            float(opt.warmup_scale[0][0]), min(1.0, tol * math.sqrt(2)), rel_tol=1e-6
+        )
         assert float(p.detach().abs().min()) > 0
 
 
@@ -215,10 +225,14 @@ def test_rmsprop_first_step_is_not_ten_times_lr() -> None:
 
 def test_radam_policy_is_torch_radams_rectification() -> None:
     """Adam with warmup='radam' and torch.optim.RAdam take steps whose ratio to plain Adam's is
-    exactly r_t (eps=0 removes the one place their formulas differ); before rho_t > 5 the scale is 0."""
+    exactly r_t (eps=0 removes the one place their formulas differ); before rho_t > 5 the scale
+    is 0."""
     gen = torch.Generator().manual_seed(0)
     kw = dict(lr=1e-3, betas=(0.9, 0.99), eps=0.0)
-    x, y = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64)), torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    x, y = (
+        torch.nn.Parameter(torch.zeros(4, dtype=torch.float64)),
+        torch.nn.Parameter(torch.zeros(4, dtype=torch.float64)),
+    )
     ours = warmopt.Adam([x], **kw, warmup="radam")
     radam, adam = torch.optim.RAdam([y], **kw), None
     z = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))

@@ -1,4 +1,4 @@
-"""warmopt: Adam, AdamW and RMSprop that warm themselves up from their own second-moment statistics."""
+"""warmopt: Adam, AdamW and RMSprop that warm up from their own second-moment statistics."""
 
 from .optimizer import GRANULARITIES, WarmupOptimizer
 from .optimizers import Adam, AdamW, RMSprop

@@ -42,9 +42,7 @@ class ReferenceOptimizer:
     RMSprop (``base="rmsprop"``). ``hyper`` are torch's keyword arguments (``lr``, ``betas`` or
     ``alpha``, ``eps``, ``weight_decay``, ...)."""
 
-    def __init__(
-        self, params: list[Tensor], base: str, policy: WarmupPolicy, **hyper: Any
-    ) -> None:
+    def __init__(self, params: list[Tensor], base: str, policy: WarmupPolicy, **hyper: Any) -> None:
         self.params = list(params)
         self.base = base
         self.policy = policy
@@ -125,7 +123,9 @@ class ReferenceOptimizer:
                     "count": max(1, p.numel() * (2 if p.is_complex() else 1)),
                 },
             )
-            beta = float(h.get("betas", (0.9, 0.999))[1] if self.base == "adam" else h.get("alpha", 0.99))
+            beta = float(
+                h.get("betas", (0.9, 0.999))[1] if self.base == "adam" else h.get("alpha", 0.99)
+            )
             t = float(st["step"]) + 1
             r = None
             if t >= 2:

@@ -48,13 +48,13 @@ def effective_sample_size(step: Tensor, beta: Tensor | float) -> Tensor:
 
 
 def asymptotic_sample_size(beta: Tensor | float) -> Tensor:
-    r""":math:`n_\mathrm{eff}(\infty) = (1+\beta)/(1-\beta) = 2/(1-\beta) - 1` (RAdam's ``rho_inf``)."""
+    r""":math:`n_\mathrm{eff}(\infty) = (1+\beta)/(1-\beta) = 2/(1-\beta) - 1` (``rho_inf``)."""
     beta_t = torch.as_tensor(beta, dtype=torch.float64)
     return (1 + beta_t) / (1 - beta_t)
 
 
 def newest_weight(step: Tensor, beta: Tensor | float) -> Tensor:
-    r"""Weight of the newest sample in ``v̂_t``: :math:`w_t = (1-\beta)/(1-\beta^t)` (1 at ``t = 1``)."""
+    r"""Weight of the newest sample in v̂_t: :math:`w_t = (1-\beta)/(1-\beta^t)` (1 at ``t = 1``)."""
     step = _floating(step)
     beta_t = torch.as_tensor(beta, dtype=step.dtype, device=step.device)
     return (1 - beta_t) / (1 - beta_t**step)

@@ -1,4 +1,4 @@
-"""``warmopt.Adam``, ``warmopt.AdamW`` and ``warmopt.RMSprop``: torch's exact signatures plus warm-up.
+"""``warmopt.Adam``, ``AdamW`` and ``RMSprop``: torch's exact signatures plus warm-up.
 
 Each builds the torch optimizer of the same name (so argument checks, defaults and error messages
 are torch's own) and steps it through :class:`warmopt.WarmupOptimizer`.

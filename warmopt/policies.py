@@ -102,20 +102,22 @@ class Measured(WarmupPolicy):
     r"""The default: scale the step by how well the second-moment estimate is determined.
 
     Per unit (parameter tensor by default) the policy keeps an estimate :math:`K` of the excess
-    kurtosis :math:`\kappa - 1` of :math:`g^2` and a drift estimate :math:`D`, both measured from the
+    kurtosis :math:`\kappa - 1` of :math:`g^2` and a drift estimate :math:`D`, both measured from
     fresh ratio :math:`r = g_t^2/\hat v_{t-1}` (see :func:`warmopt._stats.fresh_ratio_sums`), and
     predicts the relative error of the adaptive step size :math:`\psi = 1/\sqrt{\hat v_t}`:
 
     .. math::
         e_t = \tfrac12\sqrt{K_t / n_\mathrm{eff}(t) + \delta_t^2},\qquad
-        e^\star = \max\bigl(\mathrm{tol},\ \sqrt2\cdot\tfrac12\sqrt{K_t/n_\mathrm{eff}(\infty)}\bigr),
+        e^\star = \max\bigl(\mathrm{tol},\
+                          \sqrt2\cdot\tfrac12\sqrt{K_t/n_\mathrm{eff}(\infty)}\bigr),
 
     .. math::
         c_t = \min(1,\ e^\star / e_t),\qquad s_t = \max(s_{t-1}, c_t)\ \text{(or } c_t
         \text{ with } \texttt{rewarm=True)}.
 
     * :math:`n_\mathrm{eff}(t) = (1+\beta)(1-\beta^t)/((1-\beta)(1+\beta^t))`: how many effective
-      samples :math:`\hat v_t` rests on. :math:`\mathrm{RSE}(\hat v_t)^2 = (\kappa-1)/n_\mathrm{eff}`
+      samples :math:`\hat v_t` rests on;
+      :math:`\mathrm{RSE}(\hat v_t)^2 = (\kappa-1)/n_\mathrm{eff}`
       and, by the delta method, :math:`\mathrm{RSE}(\psi) = \tfrac12\mathrm{RSE}(\hat v)`.
     * :math:`K_t`: the mean of the per-step relative variance of :math:`r` across the tensor's
       :math:`N` coordinates, :math:`\frac{N}{N-1}(\overline{r^2}/\bar r^2 - 1)` (for a single
@@ -219,8 +221,8 @@ class Measured(WarmupPolicy):
         kurt, evidence = state["kurtosis"], state["evidence"]
         if self.kurtosis:
             # Relative variance of r across the tensor's coordinates (unbiased): kappa - 1 for
-            # stationary gradients, and blind to a drift common to the whole tensor (r -> c r), which
-            # the drift term handles. A single coordinate has no spread: use (r - 1)^2 over time.
+            # stationary gradients, and blind to a drift common to the whole tensor (r -> c r): the
+            # drift term handles that. A single coordinate has no spread: use (r - 1)^2 over time.
             spread = (m2 / (m1 * m1) - 1) * count / (count - 1).clamp_min(1.0)
             k_step = torch.where(count >= 2, spread, m2 - 2 * m1 + 1).clamp_min(0.0)
             weight = torch.where(counts, n_prev, 0.0)
@@ -375,6 +377,5 @@ def resolve_policy(warmup: WarmupPolicy | str | None) -> WarmupPolicy | None:
             raise ValueError(f"Invalid warmup policy name: {warmup!r} (expected one of {names})")
         return POLICIES[warmup]()
     raise TypeError(
-        "warmup must be a WarmupPolicy, a policy name or None, "
-        f"got {type(warmup).__name__}"
+        f"warmup must be a WarmupPolicy, a policy name or None, got {type(warmup).__name__}"
     )
