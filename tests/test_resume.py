@@ -1,4 +1,4 @@
-"""Checkpoints: exact resume, torch.save/torch.load(weights_only=True), torch <-> warmopt, copies."""
+"""Checkpoints: exact resume, torch.save/load(weights_only=True), torch <-> warmopt, copies."""
 
 from __future__ import annotations
 
@@ -16,7 +16,13 @@ import warmopt
 from .cases import MODES, feed, twins
 
 SHAPES = [(6, 4), (5,), (), (3, 2, 2)]
-WARMUP_KEYS = ("warmup_scale", "warmup_confidence", "warmup_kurtosis", "warmup_evidence", "warmup_drift")
+WARMUP_KEYS = (
+    "warmup_scale",
+    "warmup_confidence",
+    "warmup_kurtosis",
+    "warmup_evidence",
+    "warmup_drift",
+)
 
 CONFIGS = [
     pytest.param(warmopt.Adam, {"lr": 1e-2}, "single", id="adam-single"),
@@ -40,7 +46,10 @@ def _round_trip(obj: Any, path: Path | None = None) -> Any:
 
 
 def _assert_same_run(
-    a: list[torch.Tensor], b: list[torch.Tensor], opt_a: torch.optim.Optimizer, opt_b: torch.optim.Optimizer
+    a: list[torch.Tensor],
+    b: list[torch.Tensor],
+    opt_a: torch.optim.Optimizer,
+    opt_b: torch.optim.Optimizer,
 ) -> None:
     for x, y in zip(a, b):
         assert torch.equal(x, y), (x - y).abs().max()

@@ -18,7 +18,13 @@ import warmopt
 from .cases import MODES, feed, twins
 
 SHAPES = [(6, 4), (5,), (3, 3)]
-WARMUP_KEYS = ("warmup_scale", "warmup_confidence", "warmup_kurtosis", "warmup_evidence", "warmup_drift")
+WARMUP_KEYS = (
+    "warmup_scale",
+    "warmup_confidence",
+    "warmup_kurtosis",
+    "warmup_evidence",
+    "warmup_drift",
+)
 
 
 def _state_copy(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -28,8 +34,12 @@ def _state_copy(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.
 # ---------------------------------------------------------------- closures
 
 
-@pytest.mark.parametrize("cls,ref_cls", [(warmopt.Adam, torch.optim.Adam), (warmopt.RMSprop, torch.optim.RMSprop)])
-def test_step_with_closure_returns_the_loss_and_runs_with_grad_enabled(cls: type, ref_cls: type) -> None:
+@pytest.mark.parametrize(
+    "cls,ref_cls", [(warmopt.Adam, torch.optim.Adam), (warmopt.RMSprop, torch.optim.RMSprop)]
+)
+def test_step_with_closure_returns_the_loss_and_runs_with_grad_enabled(
+    cls: type, ref_cls: type
+) -> None:
     ours, theirs = twins(SHAPES)
     opt, ref = cls(ours, lr=1e-2, warmup=None), ref_cls(theirs, lr=1e-2)
     x = torch.randn(6, generator=torch.Generator().manual_seed(3))
@@ -183,7 +193,9 @@ def test_zero_grad_as_torch(set_to_none: bool | None) -> None:
 
 @pytest.mark.parametrize("mode", ["single", "foreach", "fused"])
 @pytest.mark.parametrize("granularity", ["tensor", "group", "global"])
-def test_a_parameter_without_gradient_keeps_its_warmup_state_paused(mode: str, granularity: str) -> None:
+def test_a_parameter_without_gradient_keeps_its_warmup_state_paused(
+    mode: str, granularity: str
+) -> None:
     (ours,) = twins(SHAPES, n=1)
     opt = warmopt.Adam(ours, lr=1e-2, granularity=granularity, **MODES[mode])
     for t in range(3):
@@ -282,7 +294,9 @@ def test_mixed_dtypes_in_one_group(mode: str) -> None:
         assert opt.state[p]["exp_avg"].dtype == p.dtype
         for k in WARMUP_KEYS:
             assert opt.state[p][k].dtype == torch.float32
-        torch.testing.assert_close(opt.state[p]["warmup_scale"], solo.state[s]["warmup_scale"], rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            opt.state[p]["warmup_scale"], solo.state[s]["warmup_scale"], rtol=1e-6, atol=0
+        )
         torch.testing.assert_close(p, s, rtol=1e-6, atol=0)
     scales = torch.cat(opt.warmup_scale)
     assert ((scales > 0) & (scales < 1)).all()

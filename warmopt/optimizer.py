@@ -17,6 +17,7 @@ inside the step.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -430,8 +431,8 @@ class WarmupOptimizer(Optimizer):
             n = len(batch.params)
             if n == 0:
                 continue
-            grads = _real(batch.grads)
-            sqs = _real(batch.second_moments)
+            grads = _local_shards(_real(batch.grads))
+            sqs = _local_shards(_real(batch.second_moments))
             if resolve_mode(group, batch.params) == "single":
                 buckets = [([[g], [v]], [i]) for i, (g, v) in enumerate(zip(grads, sqs))]
             else:
@@ -450,6 +451,7 @@ class WarmupOptimizer(Optimizer):
                     weight[sel].to(dev),
                     gs,
                 )
+                s_r, s_r2 = _sum_over_shards(s_r, s_r2, [batch.grads[i] for i in idx])
                 parts_r.append(s_r.to(home))
                 parts_r2.append(s_r2.to(home))
                 order.extend(offset + i for i in idx)
@@ -587,6 +589,46 @@ def _same(a: Any, b: Any) -> bool:
 
 def _real(ts: list[Tensor]) -> list[Tensor]:
     return [torch.view_as_real(t) if torch.is_complex(t) else t for t in ts]
+
+
+def _dtensor_type() -> type | None:
+    """``DTensor`` if torch.distributed.tensor is loaded (no DTensor can exist before that)."""
+    return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+
+
+def _local_shards(ts: list[Tensor]) -> list[Tensor]:
+    """This rank's shards of DTensors (FSDP2 parameters); other tensors as they are."""
+    dtensor = _dtensor_type()
+    if dtensor is None:
+        return ts
+    return [t.to_local() if isinstance(t, dtensor) else t for t in ts]  # type: ignore[attr-defined]
+
+
+def _sum_over_shards(s_r: Tensor, s_r2: Tensor, like: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Sums over this rank's shards of ``like`` -> sums over the whole tensors, on every rank.
+
+    FSDP2 (DTensor) parameters are sharded across ranks: without this all-reduce each rank would
+    measure only its shard and step its part of a tensor with its own scale (and the DTensor sums
+    would not mix with the plain tensors of the policy). One all-reduce per distinct layout.
+    """
+    dtensor = _dtensor_type()
+    if dtensor is None or not any(isinstance(t, dtensor) for t in like):
+        return s_r, s_r2
+    from torch.distributed.tensor import Partial, Replicate
+
+    sums = torch.stack([s_r, s_r2], 1)
+    layouts: dict[Any, list[int]] = {}
+    for i, t in enumerate(like):
+        if isinstance(t, dtensor) and any(p.is_shard() for p in t.placements):  # type: ignore[attr-defined]
+            key = (t.device_mesh, tuple(t.placements))  # type: ignore[attr-defined]
+            layouts.setdefault(key, []).append(i)
+    for (mesh, placements), idx in layouts.items():
+        sel = torch.tensor(idx, device=sums.device)
+        reduce = [Partial() if p.is_shard() else Replicate() for p in placements]
+        local = sums.index_select(0, sel)
+        total = dtensor.from_local(local, mesh, reduce, run_check=False)  # type: ignore[attr-defined]
+        sums = sums.index_copy(0, sel, total.full_tensor())
+    return sums[:, 0], sums[:, 1]
 
 
 def _per_tensor(values: list[float | Tensor], counts: list[int], device: torch.device) -> Tensor:
