@@ -99,14 +99,15 @@ def fresh_ratio_sums(
     """
     dtype = grads[0].dtype
     tiny = max(_TINY, torch.finfo(dtype).tiny)
-    floor = (newest_weight * prev_bias_correction).to(dtype).unbind(0)
+    # min(x b / v, 1/w) is the capped ratio above (the two branches of the max swap exactly where
+    # x b / v = 1/w); in units of r/b the cap is 1/(w b). max(v, tiny) turns 0/0 (never a
+    # gradient, none now) into 0. Five passes over the bucket, one temporary.
+    cap = (1.0 / (newest_weight * prev_bias_correction)).to(dtype).unbind(0)
     x = torch._foreach_mul(grads, grads)
     if inv_grad_scale_sq is not None:
         torch._foreach_mul_(x, inv_grad_scale_sq.to(dtype))
-    den = torch._foreach_mul(x, floor)
-    torch._foreach_maximum_(den, sq_avgs)
-    torch._foreach_clamp_min_(den, tiny)
-    torch._foreach_div_(x, den)  # x now holds r / b
+    torch._foreach_div_(x, torch._foreach_maximum(sq_avgs, tiny))
+    torch._foreach_minimum_(x, cap)  # x now holds r / b
     sum_q = torch.stack(torch._foreach_norm(x, 1)).float()
     norm_q = torch.stack(torch._foreach_norm(x, 2)).float()
     return sum_q * prev_bias_correction, (norm_q * prev_bias_correction) ** 2

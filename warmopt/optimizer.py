@@ -240,6 +240,7 @@ class WarmupOptimizer(Optimizer):
         self.warmup: WarmupPolicy | None = policy
         self.granularity = granularity
         self._warmup_done = False
+        self._done_state_count = -1
         self._done_flag = _HostFlag()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -261,6 +262,7 @@ class WarmupOptimizer(Optimizer):
             name = name or "adam"
             self._algorithm = next(a for a in ALGORITHMS.values() if a.name == name)
         self._warmup_done = False
+        self._done_state_count = -1
         self._done_flag = _HostFlag()
 
     @torch._disable_dynamo
@@ -344,6 +346,10 @@ class WarmupOptimizer(Optimizer):
         policy = self.warmup
         assert policy is not None
         keys = ["scale", *policy.state_init]
+        if self._warmup_done and len(self.state) == self._done_state_count:
+            # Nothing got state since warm-up finished (a parameter's first gradient, a loaded
+            # checkpoint, an added group would): skip even the host-side walk over the tensors.
+            return None
         fresh = False
         for batch in batches:
             for p in batch.params:
@@ -359,6 +365,7 @@ class WarmupOptimizer(Optimizer):
         elif not self._warmup_done and not policy.can_fall:
             self._warmup_done = bool(self._done_flag.poll())
         if self._warmup_done:
+            self._done_state_count = len(self.state)
             return None
 
         params = [p for b in batches for p in b.params]
