@@ -34,7 +34,7 @@ __all__ = ["ReferenceOptimizer"]
 def _n_eff(t: float, beta: float) -> float:
     if t <= 0:
         return 0.0
-    return (1 + beta) * (1 - beta**t) / ((1 - beta) * (1 + beta**t))
+    return float((1 + beta) * (1 - beta**t) / ((1 - beta) * (1 + beta**t)))
 
 
 class ReferenceOptimizer:
@@ -98,7 +98,7 @@ class ReferenceOptimizer:
         scale = st["confidence"]
         if self.base == "rmsprop":
             scale *= math.sqrt(1 - beta**t)
-        return scale
+        return float(scale)
 
     @torch.no_grad()
     def step(self) -> None:

@@ -44,9 +44,11 @@ class GroupBatch:
 
     @property
     def second_moments(self) -> list[Tensor]:
-        return self.buffers["exp_avg_sqs"] if "exp_avg_sqs" in self.buffers else self.buffers[
-            "square_avgs"
-        ]
+        return (
+            self.buffers["exp_avg_sqs"]
+            if "exp_avg_sqs" in self.buffers
+            else self.buffers["square_avgs"]
+        )
 
     def subset(self, i: int) -> GroupBatch:
         """The batch of tensor ``i`` alone (single-tensor mode)."""
@@ -96,7 +98,7 @@ class _AdamAlgorithm(Algorithm):
             buffers={"exp_avgs": [], "exp_avg_sqs": [], "max_exp_avg_sqs": []},
         )
         # torch's own lazy state initialisation (step placement, amsgrad buffer, checks).
-        b.has_complex = Adam._init_group(
+        b.has_complex = Adam._init_group(  # type: ignore[no-untyped-call]
             opt,  # type: ignore[arg-type]
             group,
             b.params,
@@ -145,7 +147,7 @@ class _RMSpropAlgorithm(Algorithm):
 
     def init_group(self, opt: Optimizer, group: dict[str, Any]) -> GroupBatch:
         b = GroupBatch(buffers={"square_avgs": [], "momentum_buffer_list": [], "grad_avgs": []})
-        b.has_complex = RMSprop._init_group(
+        b.has_complex = RMSprop._init_group(  # type: ignore[no-untyped-call]
             opt,  # type: ignore[arg-type]
             group,
             b.params,
@@ -188,7 +190,7 @@ ALGORITHMS: dict[type[Optimizer], Algorithm] = {Adam: ADAM, AdamW: ADAM, RMSprop
 
 
 def resolve_mode(group: dict[str, Any], params: list[Tensor]) -> str:
-    """Which of torch's code paths the base update takes: ``"fused"``, ``"foreach"`` or ``"single"``.
+    """Which of torch's code paths the base update takes: ``fused``, ``foreach`` or ``single``.
 
     Mirrors the choice inside ``torch.optim.adam``/``rmsprop``: an explicit flag wins; with both
     unset, foreach on supported devices, except for a tensor ``lr`` without ``capturable``.
@@ -232,13 +234,14 @@ def run_group(
         # torch's single-tensor path is a loop over tensors; running it one tensor at a time gives
         # the same numbers and keeps the transient copy to one tensor.
         for i, p in enumerate(batch.params):
-            old = p.clone()
+            before = p.clone()
             algorithm.update(group, batch.subset(i), grad_scale, found_inf)
-            _real([p])[0].lerp_(_real([old])[0], keep[i])
+            _real([p])[0].lerp_(_real([before])[0], keep[i])
         return
     # The step runs under no_grad (or with autograd on, for differentiable=True, as torch's does),
     # so the parameters are updated in place without detach().
     params = batch.params
-    old = torch._foreach_mul(params, 1.0)
+    old = list(torch._foreach_mul(params, 1.0))
     algorithm.update(group, batch, grad_scale, found_inf)
+    # 0-d tensor weights broadcast, like capturable Adam's per-tensor step sizes
     torch._foreach_lerp_(_real(params), _real(old), keep)

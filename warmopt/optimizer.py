@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -74,7 +74,7 @@ class _HostFlag:
         elif value.device.type == "cuda":
             host = torch.empty((), dtype=torch.bool, pin_memory=True)
             host.copy_(value, non_blocking=True)
-            event = torch.cuda.Event()
+            event = torch.cuda.Event()  # type: ignore[no-untyped-call]
             event.record()
             self._host, self._event = host, event
         else:  # other accelerators: never read, so warm-up work simply continues
@@ -265,7 +265,7 @@ class WarmupOptimizer(Optimizer):
         self._done_state_count = -1
         self._done_flag = _HostFlag()
 
-    @torch._disable_dynamo
+    @torch._disable_dynamo  # type: ignore[attr-defined]
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As :meth:`torch.optim.Optimizer.load_state_dict`, keeping the warm-up numbers float32.
 
@@ -307,7 +307,7 @@ class WarmupOptimizer(Optimizer):
     # ------------------------------------------------------------------ the step
 
     @_use_grad_for_differentiable
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         """Perform a single optimization step.
 
         Args:
@@ -444,7 +444,8 @@ class WarmupOptimizer(Optimizer):
                 buckets = [([[g], [v]], [i]) for i, (g, v) in enumerate(zip(grads, sqs))]
             else:
                 grouped = Optimizer._group_tensors_by_device_and_dtype(
-                    [grads, sqs], with_indices=True  # type: ignore[list-item]
+                    [grads, sqs],  # type: ignore[list-item]
+                    with_indices=True,
                 )
                 buckets = list(grouped.values())  # type: ignore[arg-type]
             for (g_list, v_list), idx in buckets:
@@ -452,8 +453,8 @@ class WarmupOptimizer(Optimizer):
                 sel = torch.tensor([offset + i for i in idx], device=home)
                 gs = None if inv_gs2 is None else inv_gs2.to(dev)
                 s_r, s_r2 = _stats.fresh_ratio_sums(
-                    cast(list[Tensor], g_list),
-                    cast(list[Tensor], v_list),
+                    g_list,
+                    v_list,
                     prev_bc[sel].to(dev),
                     weight[sel].to(dev),
                     gs,
@@ -477,9 +478,7 @@ class WarmupOptimizer(Optimizer):
             valid = valid * (found_inf.to(home, torch.float32) == 0).float()
         return Statistics(sum_r=sum_r, sum_r2=sum_r2, count=count, valid=valid)
 
-    def _units(
-        self, batches: list[GroupBatch], home: torch.device
-    ) -> tuple[Tensor | None, int]:
+    def _units(self, batches: list[GroupBatch], home: torch.device) -> tuple[Tensor | None, int]:
         """Unit index of each tensor for group/global granularity (``None`` for per tensor)."""
         if self.granularity == "tensor":
             return None, 0
@@ -641,7 +640,7 @@ def _sum_over_shards(s_r: Tensor, s_r2: Tensor, like: list[Tensor]) -> tuple[Ten
 def _per_tensor(values: list[float | Tensor], counts: list[int], device: torch.device) -> Tensor:
     """Expand one value per group to one float64 entry per tensor, on ``device``."""
     if all(not isinstance(v, Tensor) for v in values):
-        flat = [float(v) for v, n in zip(values, counts) for _ in range(n)]  # type: ignore[arg-type]
+        flat = [float(v) for v, n in zip(values, counts) for _ in range(n)]
         return torch.tensor(flat, dtype=torch.float64).to(device, non_blocking=True)
     parts = [
         torch.as_tensor(v).reshape(()).to(device, torch.float64).expand(n)

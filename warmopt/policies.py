@@ -102,8 +102,9 @@ class Measured(WarmupPolicy):
     r"""The default: scale the step by how well the second-moment estimate is determined.
 
     Per unit (parameter tensor by default) the policy keeps an estimate :math:`K` of the excess
-    kurtosis :math:`\kappa - 1` of :math:`g^2` and a drift estimate :math:`D`, both measured from the
-    fresh ratio :math:`r = g_t^2/\hat v_{t-1}` (see :func:`warmopt._stats.fresh_ratio_sums`), and
+    kurtosis :math:`\kappa - 1` of :math:`g^2` and a drift estimate :math:`D`, both measured
+    from the fresh ratio :math:`r = g_t^2/\hat v_{t-1}` (see
+    :func:`warmopt._stats.fresh_ratio_sums`), and
     predicts the relative error of the adaptive step size :math:`\psi = 1/\sqrt{\hat v_t}`:
 
     .. math::
