@@ -1,0 +1,86 @@
+"""The LR-robustness benchmark (benchmarks/quality.py) runs end to end in its tiny mode."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+
+def test_quality_runs_tiny(tmp_path: Path) -> None:
+    pytest.importorskip(
+        "sklearn", reason="the benchmark needs scikit-learn (pip install -e '.[bench]')"
+    )
+    pytest.importorskip("pytorch_warmup", reason="the benchmark needs pytorch-warmup ('.[bench]')")
+    pytest.importorskip("schedulefree", reason="the benchmark needs schedulefree ('.[bench]')")
+    from benchmarks import quality
+
+    quality.main(["--tiny", "--out", str(tmp_path), "--workers", "1"])
+    saved = json.loads((tmp_path / "quality_tiny.json").read_text())
+    meta = saved["meta"]
+    assert meta["mode"] == "tiny"
+    for key in ("torch", "machine", "commit", "seconds", "started"):
+        assert meta[key] not in (None, "")
+    assert set(saved["tasks"]) == {
+        "digits_ce",
+        "digits_mse",
+        "lm_post_ln",
+        "lm_pre_ln",
+        "gru_rmsprop",
+    }
+    for name, task in saved["tasks"].items():
+        methods = set(task["summary"])
+        expected = {
+            "none",
+            "linear_oracle",
+            "untuned_linear",
+            "untuned_exponential",
+            "warmopt",
+            "warmopt_nostats",
+            "warmopt_nodrift",
+            "warmopt_group",
+        }
+        if name == "gru_rmsprop":
+            assert methods == expected | {"gi_rmsprop"}
+        else:
+            assert methods == expected | {"radam", "gi_adam", "schedulefree"}
+        for m, s in task["summary"].items():
+            assert 0.0 <= s["failure_rate"] <= s["stall_rate"] <= 1.0, (name, m)
+            assert s["sensitivity"] is None or s["sensitivity"] >= 0.0, (name, m)
+        lrs = task["spec"]["lrs"]
+        assert all(len(task["grid"][m]) == len(lrs) for m in methods)
+        tensors = task["warmup_lengths"]["tensors"]
+        assert tensors and all(len(t["levels"]) == 3 for t in tensors)
+        assert task["targets"]["sensitivity"]["met"] in (True, False)
+    # Every run was recorded, the oracle's candidates included, and losses are numbers or null.
+    runs = saved["runs"]
+    assert {r["method"] for r in runs} >= {"linear_2", "linear_4", "gi_adam", "schedulefree"}
+    assert all(
+        r["loss0"] > 0 and (r["final_loss"] is None or math.isfinite(r["final_loss"])) for r in runs
+    )
+    assert "KeyError" in saved["notes"][0]
+    text = (tmp_path / "quality_tiny.md").read_text()
+    assert "## lm_post_ln" in text and "| warmopt |" in text
+    for png in saved["plots"]:
+        assert (tmp_path / png).stat().st_size > 0
+
+
+def test_gi_adam_initialises_second_moment_from_first_gradient() -> None:
+    import torch
+
+    from benchmarks.quality import build_runner
+    from benchmarks.quality_tasks import task_specs
+
+    spec = next(s for s in task_specs("tiny") if s.name == "digits_ce")
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    runner = build_runner("gi_adam", spec, [w], lr=0.1)
+    w.grad = torch.tensor([0.5, -4.0])
+    runner.step()
+    state = runner.opt.state[w]
+    # v_1 = beta2 g0^2 + (1 - beta2) g0^2 = g0^2, and Adam's bias correction is kept: the first
+    # step is lr * g0 / sqrt(g0^2 / (1 - beta2)) = lr * sqrt(1 - beta2) * sign(g0).
+    torch.testing.assert_close(state["exp_avg_sq"], torch.tensor([0.25, 16.0]))
+    expected = torch.tensor([1.0, -2.0]) - 0.1 * (1 - spec.beta2) ** 0.5 * torch.tensor([1.0, -1.0])
+    torch.testing.assert_close(w.detach(), expected, rtol=1e-5, atol=1e-6)
