@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import platform
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import warmopt
+from benchmarks._common import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ORACLE_LENGTHS = (25, 100, 400)
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta = {
         "torch": torch.__version__, "machine": platform.platform(),
         "python": platform.python_version(),
-        "commit": _git_commit(), "steps": steps, "seeds": seeds, "width": width,
+        "commit": git_commit(), "steps": steps, "seeds": seeds, "width": width,
         "seconds": round(elapsed, 1), "tiny": args.tiny,
     }  # fmt: skip
     result = {"meta": meta, "rows": rows, "sensitivity": sens, "loss0": loss0}
@@ -307,16 +307,6 @@ def _plot(
     fig.tight_layout()
     fig.savefig(out / f"{stem}_curves.png", dpi=110)
     plt.close(fig)
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -79,7 +79,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -89,6 +88,7 @@ from typing import Any
 import torch
 
 import warmopt
+from benchmarks._common import git_commit
 
 from .quality_tasks import TaskSpec, get_problem, task_specs
 
@@ -1000,28 +1000,6 @@ def make_plots(
 # --------------------------------------------------------------------------- main
 
 
-def _git_commit() -> str:
-    try:
-        here = Path(__file__).resolve().parent
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=here,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=here,
-        ).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _init_worker() -> None:
     torch.set_num_threads(1)
 
@@ -1107,7 +1085,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "workers": args.workers,
         "threads_per_worker": 1,
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "seeds": seeds,
         "runs": len(runs),
         "started": started,

@@ -76,10 +76,8 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +86,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import warmopt
+from benchmarks._common import SYNC_OPS, OpCounter, git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -190,7 +188,6 @@ MODES: dict[str, dict[str, bool]] = {
 VARIANTS = ("torch", "warming", "warmed")
 PROBE_BYTES_PER_ELEM = 12  # x.add_(y): read x, read y, write x
 #: ops that copy a device value to the host (a host-device sync on an accelerator)
-SYNC_OPS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
 WARMED_PRESTEPS = 4  # Linear(2): scale 1 at step 2, known on the host at step 3
 
 
@@ -403,26 +400,6 @@ def summarize_block(
 
 
 # --------------------------------------------------------------------------- ops and syncs
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts every ATen op dispatched inside the mode (as ``tests/opcount.py``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def total(self) -> int:
-        return sum(self.ops.values())
-
-    @property
-    def syncs(self) -> int:
-        return sum(n for op, n in self.ops.items() if op in SYNC_OPS)
 
 
 def count_step_ops(
@@ -841,16 +818,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 class _Progress:
     """tqdm when installed and wanted, otherwise nothing."""
 
@@ -963,7 +930,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "python": platform.python_version(),
             "machine": platform.machine(),
             "platform": platform.platform(),
-            "commit": _git_commit(),
+            "commit": git_commit(),
             "threads": torch.get_num_threads(),
             "device": str(device),
             "quick": bool(args.quick),

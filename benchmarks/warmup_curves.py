@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 from pathlib import Path
 
 import torch
 
 import warmopt
+from benchmarks._common import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THRESHOLDS = (0.5, 0.9, 1.0)
@@ -103,7 +103,7 @@ def main() -> None:
         "torch": torch.__version__,
         "machine": platform.platform(),
         "python": platform.python_version(),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "steps": steps,
         "numel": 4096,
     }
@@ -160,16 +160,6 @@ def _plot(curves: dict[str, list[float]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

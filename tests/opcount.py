@@ -1,33 +1,14 @@
-"""Counting the ATen ops a step dispatches (a TorchDispatchMode sees every op, CPU or GPU)."""
+"""Counting the ATen ops a step dispatches (the counter is the benchmarks' own)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-#: ops that copy a device value to the host (a host-device sync on an accelerator)
-SYNC_OPS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
+from benchmarks._common import SYNC_OPS, OpCounter
 
-
-class OpCounter(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def total(self) -> int:
-        return sum(self.ops.values())
-
-    @property
-    def syncs(self) -> int:
-        return sum(n for op, n in self.ops.items() if op in SYNC_OPS)
+__all__ = ["SYNC_OPS", "OpCounter", "make", "step_ops"]
 
 
 def step_ops(opt: torch.optim.Optimizer, params: list[torch.Tensor], warm: int = 3) -> OpCounter:
