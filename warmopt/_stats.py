@@ -101,7 +101,7 @@ def fresh_ratio_sums(
     tiny = max(_TINY, torch.finfo(dtype).tiny)
     # min(x b / v, 1/w) is the capped ratio above (the two branches of the max swap exactly where
     # x b / v = 1/w); in units of r/b the cap is 1/(w b). max(v, tiny) turns 0/0 (never a
-    # gradient, none now) into 0. Five passes over the bucket, one temporary.
+    # gradient, none now) into 0. Six foreach passes; two temporaries (x and max(v, tiny)).
     cap = (1.0 / (newest_weight * prev_bias_correction)).to(dtype).unbind(0)
     x = torch._foreach_mul(grads, grads)
     if inv_grad_scale_sq is not None:
