@@ -27,7 +27,7 @@ from torch.optim import Adam, Optimizer
 from torch.optim.optimizer import ParamsT, _use_grad_for_differentiable
 
 from . import _stats
-from ._step import ALGORITHMS, RMSPROP, Algorithm, GroupBatch, resolve_mode, run_group
+from ._step import ALGORITHMS, RMSPROP, Algorithm, GroupBatch, _real, resolve_mode, run_group
 from .policies import Measured, Statistics, WarmupPolicy, resolve_policy
 
 __all__ = ["WarmupOptimizer", "GRANULARITIES"]
@@ -43,14 +43,6 @@ def _check_granularity(granularity: str) -> str:
             f"Invalid granularity: {granularity!r} (expected one of {', '.join(GRANULARITIES)})"
         )
     return granularity
-
-
-def _check_params_not_tensor(params: Any) -> None:
-    if isinstance(params, Tensor):
-        raise TypeError(
-            "params argument given to the optimizer should be an iterable of Tensors or dicts, "
-            f"but got {torch.typename(params)}"
-        )
 
 
 class _HostFlag:
@@ -196,7 +188,6 @@ class WarmupOptimizer(Optimizer):
                 )
             base = params
         else:
-            _check_params_not_tensor(params)
             base = Adam(
                 params,
                 lr=lr,
@@ -323,18 +314,19 @@ class WarmupOptimizer(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         batches = [self._algorithm.init_group(self, g) for g in self.param_groups]
+        modes = [resolve_mode(g, b.params) for g, b in zip(self.param_groups, batches)]
         keeps: list[list[Tensor]] | None = None
         if self.warmup is not None:
-            keeps = self._advance_warmup(batches, grad_scale, found_inf)
+            keeps = self._advance_warmup(batches, modes, grad_scale, found_inf)
         for i, (group, batch) in enumerate(zip(self.param_groups, batches)):
-            mode = resolve_mode(group, batch.params)
             keep = None if keeps is None else keeps[i]
-            run_group(self._algorithm, group, batch, mode, keep, grad_scale, found_inf)
+            run_group(self._algorithm, group, batch, modes[i], keep, grad_scale, found_inf)
         return loss
 
     def _advance_warmup(
         self,
         batches: list[GroupBatch],
+        modes: list[str],
         grad_scale: Tensor | None,
         found_inf: Tensor | None,
     ) -> list[list[Tensor]] | None:
@@ -384,7 +376,7 @@ class WarmupOptimizer(Optimizer):
         old = {k: _stack_to([s[_PREFIX + k] for s in states], home) for k in keys}
         stats = None
         if policy.needs_statistics:
-            stats = self._measure(batches, step, beta, grad_scale, found_inf, home)
+            stats = self._measure(batches, modes, step, beta, grad_scale, found_inf, home)
 
         units, n_units = self._units(batches, home)
         if units is None:
@@ -418,6 +410,7 @@ class WarmupOptimizer(Optimizer):
     def _measure(
         self,
         batches: list[GroupBatch],
+        modes: list[str],
         step: Tensor,
         beta: Tensor,
         grad_scale: Tensor | None,
@@ -434,13 +427,13 @@ class WarmupOptimizer(Optimizer):
         parts_r2: list[Tensor] = []
         order: list[int] = []
         offset = 0
-        for group, batch in zip(self.param_groups, batches):
+        for mode, batch in zip(modes, batches):
             n = len(batch.params)
             if n == 0:
                 continue
             grads = _local_shards(_real(batch.grads))
             sqs = _local_shards(_real(batch.second_moments))
-            if resolve_mode(group, batch.params) == "single":
+            if mode == "single":
                 buckets = [([[g], [v]], [i]) for i, (g, v) in enumerate(zip(grads, sqs))]
             else:
                 grouped = Optimizer._group_tensors_by_device_and_dtype(
@@ -591,10 +584,6 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         return False
     return bool(a == b)
-
-
-def _real(ts: list[Tensor]) -> list[Tensor]:
-    return [torch.view_as_real(t) if torch.is_complex(t) else t for t in ts]
 
 
 def _dtensor_type() -> type | None:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from .optimizer import WarmupOptimizer, _check_granularity, _check_params_not_tensor
+from .optimizer import WarmupOptimizer, _check_granularity
 from .policies import WarmupPolicy, resolve_policy
 
 __all__ = ["Adam", "AdamW", "RMSprop"]
@@ -55,7 +55,6 @@ class AdamW(WarmupOptimizer):
     ) -> None:
         policy = resolve_policy(warmup)
         _check_granularity(granularity)
-        _check_params_not_tensor(params)
         base = torch.optim.AdamW(
             params,
             lr=lr,
@@ -103,7 +102,6 @@ class RMSprop(WarmupOptimizer):
     ) -> None:
         policy = resolve_policy(warmup)
         _check_granularity(granularity)
-        _check_params_not_tensor(params)
         base = torch.optim.RMSprop(
             params,
             lr,
