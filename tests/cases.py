@@ -9,6 +9,9 @@ import torch
 
 import warmopt
 
+#: every per-parameter key the default (measured) policy keeps, as they appear in ``state[p]``
+WARMUP_KEYS = ("warmup_scale", *(f"warmup_{k}" for k in warmopt.Measured.state_init))
+
 MODES = {
     "single": {"foreach": False},
     "foreach": {"foreach": True},

@@ -13,16 +13,9 @@ import torch
 
 import warmopt
 
-from .cases import MODES, feed, twins
+from .cases import MODES, WARMUP_KEYS, feed, twins
 
 SHAPES = [(6, 4), (5,), (), (3, 2, 2)]
-WARMUP_KEYS = (
-    "warmup_scale",
-    "warmup_confidence",
-    "warmup_kurtosis",
-    "warmup_evidence",
-    "warmup_drift",
-)
 
 CONFIGS = [
     pytest.param(warmopt.Adam, {"lr": 1e-2}, "single", id="adam-single"),

@@ -15,16 +15,9 @@ from torch.optim.optimizer import (
 
 import warmopt
 
-from .cases import MODES, feed, twins
+from .cases import MODES, WARMUP_KEYS, feed, twins
 
 SHAPES = [(6, 4), (5,), (3, 3)]
-WARMUP_KEYS = (
-    "warmup_scale",
-    "warmup_confidence",
-    "warmup_kurtosis",
-    "warmup_evidence",
-    "warmup_drift",
-)
 
 
 def _state_copy(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.Tensor]:
