@@ -1,5 +1,6 @@
 """warmopt: Adam, AdamW and RMSprop that warm up from their own second-moment statistics."""
 
+from .monitor import log_warmup, warmup_summary
 from .optimizer import GRANULARITIES, WarmupOptimizer
 from .optimizers import Adam, AdamW, RMSprop
 from .policies import (
@@ -29,5 +30,7 @@ __all__ = [
     "Constant",
     "POLICIES",
     "GRANULARITIES",
+    "warmup_summary",
+    "log_warmup",
     "__version__",
 ]
