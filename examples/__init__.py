@@ -1,0 +1,1 @@
+"""Runnable examples: ``python examples/<name>.py`` or ``python -m examples.<name>``."""
