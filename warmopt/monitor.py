@@ -6,7 +6,7 @@ and ``warmup_drift``) and reduces them, per param group and over the whole optim
 float32 tensors on the parameters' device, without a host sync: call it every step and hand the
 tensors to a logger that syncs when it flushes. :func:`log_warmup` writes the same numbers with
 ``writer.add_scalar`` (``torch.utils.tensorboard.SummaryWriter`` or anything with that method);
-it reads them on the host, one device-to-host copy per call.
+it reads them on the host, with one device-to-host copy for all the scalars.
 
 Unlike :meth:`warmopt.WarmupOptimizer.warmup_stats` (plain floats, syncs, counts parameters
 that never stepped as scale 0), the summaries here cover only the tensors that have stepped at
@@ -186,8 +186,9 @@ def log_warmup(
     **Syncs with the device**: the summary is copied to the host once (one transfer for all
     values) to hand plain floats to the writer. NaN entries (groups that have not stepped yet)
     are not written. With ``histogram=True`` it also writes the per-tensor scales of the stepped
-    tensors with ``writer.add_histogram(f"{prefix}/scale", ...)`` (the writer must have that
-    method, as :class:`torch.utils.tensorboard.SummaryWriter` does). Returns the values written.
+    tensors with ``writer.add_histogram(f"{prefix}/scale", ...)`` (a second transfer; the writer
+    must have that method, as :class:`torch.utils.tensorboard.SummaryWriter` does). Returns the
+    values written.
 
     Example:
         >>> import torch, warmopt
