@@ -15,8 +15,8 @@ import torch
 
 import warmopt
 
-#: the scale of the first step (``tol * sqrt(2)``, default ``tol = 0.1``); warm-up starts there
-FIRST_SCALE = 0.1 * math.sqrt(2.0)
+#: the scale of the first step (``2 tol / sqrt(prior_kurtosis)``, defaults 0.1 and 32)
+FIRST_SCALE = 2 * 0.1 / math.sqrt(32.0)
 #: every example ends its cosine schedule at this learning rate (a tenth of its peak, 3e-3)
 FINAL_LR = 3e-4
 

@@ -91,10 +91,12 @@ def _random_stats(gen: torch.Generator, n: int) -> Statistics:
 def test_every_policy_scale_lies_in_unit_interval_and_never_falls(
     name: str, bias_corrected: bool, beta: float, seed: int
 ) -> None:
+    """Scales stay in [0, 1]. What may never fall: the scale of every policy but Measured, and
+    Measured's confidence; Measured's scale is the confidence times the drift correction <= 1."""
     policy = POLICIES[name]()
     gen = torch.Generator().manual_seed(seed)
     n = 5
-    state = {k: torch.full((n,), v) for k, v in policy.state_init.items()}
+    state = {k: torch.full((n,), v) for k, v in policy.initial_state().items()}
     prev = torch.zeros(n)
     for t in range(1, 60):
         step = torch.full((n,), float(t))
@@ -107,21 +109,40 @@ def test_every_policy_scale_lies_in_unit_interval_and_never_falls(
         )
         assert torch.isfinite(scale).all()
         assert ((scale >= 0) & (scale <= 1)).all()
-        assert (scale >= prev - 1e-7).all(), (t, scale, prev)
-        prev = scale
+        rising = state["confidence"] if "confidence" in state else scale
+        assert (rising >= prev - 1e-7).all(), (t, rising, prev)
+        if "confidence" in state:
+            assert (scale <= state["confidence"] + 1e-7).all()
+        prev = rising
 
 
-def test_measured_first_step_is_not_lost() -> None:
-    """No step of lr exactly 0 once a first estimate exists: step 1 gets tol * sqrt(2)."""
-    for tol in (0.05, 0.1, 0.3):
-        p = torch.nn.Parameter(torch.zeros(3))
-        opt = warmopt.Adam([p], lr=1.0, warmup=warmopt.Measured(tol=tol))
-        p.grad = torch.ones(3)
-        opt.step()
-        assert math.isclose(
-            float(opt.warmup_scale[0][0]), min(1.0, tol * math.sqrt(2)), rel_tol=1e-6
-        )
-        assert float(p.detach().abs().min()) > 0
+def first_scale(tol: float = 0.1, prior: float = 32.0, beta: float = 0.999) -> float:
+    """Measured's step-1 scale: e_1 = sqrt(K0)/2 at n_eff = 1 and the target is
+    max(tol, sqrt(2) sqrt(K0/n_inf)/2), so c_1 = max(2 tol/sqrt(K0), sqrt(2/n_inf))."""
+    n_inf = (1 + beta) / (1 - beta)
+    return min(1.0, max(2 * tol / math.sqrt(prior), math.sqrt(2 / n_inf)))
+
+
+@pytest.mark.parametrize("tol", [0.05, 0.1, 0.3, 5.0])
+@pytest.mark.parametrize("prior", [2.0, 32.0, 0.5])
+def test_measured_first_step_is_not_lost(tol: float, prior: float) -> None:
+    """No step of lr exactly 0: step 1 gets 2 tol / sqrt(prior_kurtosis) (floored, capped at 1)."""
+    p = torch.nn.Parameter(torch.zeros(3))
+    policy = warmopt.Measured(tol=tol, prior_kurtosis=prior)
+    opt = warmopt.Adam([p], lr=1.0, warmup=policy)
+    p.grad = torch.ones(3)
+    opt.step()
+    assert math.isclose(float(opt.warmup_scale[0][0]), first_scale(tol, prior), rel_tol=1e-6)
+    assert float(p.detach().abs().min()) > 0
+
+
+def test_measured_without_kurtosis_ignores_the_prior() -> None:
+    """The kurtosis=False ablation is Gaussian (K = 2) from the start, whatever the prior."""
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = warmopt.Adam([p], lr=1.0, warmup=warmopt.Measured(kurtosis=False, prior_kurtosis=50))
+    p.grad = torch.ones(3)
+    opt.step()
+    assert math.isclose(float(opt.warmup_scale[0][0]), first_scale(0.1, 2.0), rel_tol=1e-6)
 
 
 # ---------------------------------------------------------------- measured, through the optimizer
@@ -191,7 +212,7 @@ def test_param_group_added_later_warms_on_its_own() -> None:
     new.grad = make_gradient("gaussian", 0, 256, gen)
     opt.step()
     assert float(opt.warmup_scale[0][0]) == 1.0
-    assert math.isclose(float(opt.warmup_scale[1][0]), 0.1 * math.sqrt(2), rel_tol=1e-6)
+    assert math.isclose(float(opt.warmup_scale[1][0]), first_scale(), rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("granularity", ["group", "global"])
@@ -211,7 +232,7 @@ def test_pooled_granularities_share_one_scale(granularity: str) -> None:
 
 def test_rmsprop_first_step_is_not_ten_times_lr() -> None:
     """torch's RMSprop moves lr/sqrt(1-alpha) = 10 lr on step 1; the measured warm-up removes the
-    bias factor exactly, so the step is tol*sqrt(2)*lr."""
+    bias factor exactly, so the step is the measured first scale times lr."""
     p = torch.nn.Parameter(torch.zeros(100))
     q = torch.nn.Parameter(torch.zeros(100))
     ours, theirs = warmopt.RMSprop([p], lr=0.01), torch.optim.RMSprop([q], lr=0.01)
@@ -220,7 +241,7 @@ def test_rmsprop_first_step_is_not_ten_times_lr() -> None:
     ours.step()
     theirs.step()
     assert math.isclose(float(q.detach().abs().mean()), 0.1, rel_tol=1e-3)
-    assert math.isclose(float(p.detach().abs().mean()), 0.01 * 0.1 * math.sqrt(2), rel_tol=1e-3)
+    assert math.isclose(float(p.detach().abs().mean()), 0.01 * first_scale(beta=0.99), rel_tol=1e-3)
 
 
 def test_radam_policy_is_torch_radams_rectification() -> None:
@@ -278,4 +299,6 @@ def test_rewarm_falls_when_the_estimate_goes_stale_and_recovers() -> None:
         assert float(mono.warmup_scale[0][0]) >= (1.0 if t > 100 else 0.0)
     assert trace[199] == 1.0
     assert min(trace[200:210]) < 0.5  # stale: gradients 30x larger than v̂
-    assert trace[-1] == 1.0  # re-warmed
+    # Re-warming: back above 0.9 while v̂ still lags (at beta = 0.99, 200 steps after a 900x jump
+    # in g^2, v̂ holds ~87 % of it; the drift correction d_t accounts for the rest).
+    assert trace[-1] >= 0.9 and trace[-1] > trace[250]

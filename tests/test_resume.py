@@ -165,7 +165,8 @@ def test_warmup_after_a_2000_step_torch_checkpoint_restarts_from_its_step_count(
     torch_cls: type, ours_cls: type
 ) -> None:
     """A long-trained torch checkpoint has a settled second moment: the policy, restarting from
-    the saved step count, goes to (near) 1 at once instead of restarting at 0.14 like step 1."""
+    the saved step count, goes to (near) 1 at once instead of restarting at the first step's
+    scale."""
     theirs, ours, new = twins([(8, 4), (4,)], n=3)
     ref = torch_cls(theirs, lr=1e-3)
     for t in range(2000):

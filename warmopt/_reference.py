@@ -71,7 +71,9 @@ class ReferenceOptimizer:
             )
         assert isinstance(p, Measured)
         n_now, n_prev = _n_eff(t, beta), max(1.0, _n_eff(t - 1, beta))
-        if r is not None and r.numel() > 0 and float(r.sum()) > 0:
+        measured = r is not None and r.numel() > 0 and float(r.sum()) > 0
+        if measured:
+            assert r is not None
             m1 = float(r.mean())
             if p.kurtosis:
                 if r.numel() >= 2:
@@ -81,21 +83,22 @@ class ReferenceOptimizer:
                 weight = n_prev
                 st["evidence"] += weight
                 st["kurtosis"] += weight * (max(0.0, k_step) - st["kurtosis"]) / st["evidence"]
-            if p.drift:
-                rho = Measured.DRIFT_DECAY
-                st["drift"] = rho * st["drift"] + (1 - rho) * (m1 - 1 - st["kurtosis"] / n_prev)
-        delta = 0.0
+        correction = 1.0
         if p.drift:
             rho = Measured.DRIFT_DECAY
+            if measured:
+                st["drift"] = rho * st["drift"] + (1 - rho) * (m1 - 1 - st["kurtosis"] / n_prev)
             count = max(1, r.numel()) if r is not None else st["count"]
             sigma = math.sqrt(st["kurtosis"] / count * (1 - rho) / (1 + rho))
             delta = max(0.0, st["drift"] - Measured.DRIFT_Z * sigma)
-        err = 0.5 * math.sqrt(st["kurtosis"] / n_now + delta**2)
+            w_new = (1 - beta) / (1 - beta**t)
+            correction = math.sqrt((1 + w_new * delta) / (1 + delta))
+        err = 0.5 * math.sqrt(st["kurtosis"] / n_now)
         n_inf = (1 + beta) / (1 - beta)
         target = max(p.tol, math.sqrt(2) * 0.5 * math.sqrt(st["kurtosis"] / n_inf))
         cand = min(1.0, target / err)
         st["confidence"] = cand if p.rewarm else max(st["confidence"], cand)
-        scale = st["confidence"]
+        scale = st["confidence"] * correction
         if self.base == "rmsprop":
             scale *= math.sqrt(1 - beta**t)
         return float(scale)
@@ -116,10 +119,7 @@ class ReferenceOptimizer:
                     "vmax": torch.zeros_like(p),
                     "buf": torch.zeros_like(p),
                     "gavg": torch.zeros_like(p),
-                    "confidence": 0.0,
-                    "kurtosis": Measured.PRIOR_KURTOSIS,
-                    "evidence": 1.0,
-                    "drift": 0.0,
+                    **(self.policy.initial_state() if isinstance(self.policy, Measured) else {}),
                     "count": max(1, p.numel() * (2 if p.is_complex() else 1)),
                 },
             )
@@ -129,7 +129,10 @@ class ReferenceOptimizer:
             t = float(st["step"]) + 1
             r = None
             if t >= 2:
-                gr = torch.view_as_real(g) if g.is_complex() else g
+                g_eff = g
+                if self.base == "rmsprop" or not h.get("decoupled_weight_decay", False):
+                    g_eff = (-g if h.get("maximize", False) else g) + h.get("weight_decay", 0) * p
+                gr = torch.view_as_real(g_eff) if g.is_complex() else g_eff
                 vr = torch.view_as_real(st["v"]) if g.is_complex() else st["v"]
                 x = gr.double().flatten() ** 2
                 vhat_prev = vr.double().flatten() / (1 - beta ** (t - 1))

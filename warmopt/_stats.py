@@ -66,6 +66,8 @@ def fresh_ratio_sums(
     prev_bias_correction: Tensor,
     newest_weight: Tensor,
     inv_grad_scale_sq: Tensor | None = None,
+    params: list[Tensor] | None = None,
+    coupled_decay: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     r"""Per-tensor sums of the fresh ratio :math:`r = g_t^2 / \hat v_{t-1}` and of :math:`r^2`.
 
@@ -93,6 +95,10 @@ def fresh_ratio_sums(
         prev_bias_correction: :math:`1-\beta^{t-1}` per tensor, 1-D float32 on the bucket's device.
         newest_weight: :math:`w_t` per tensor, 1-D float32 on the bucket's device.
         inv_grad_scale_sq: ``1/grad_scale**2`` when the gradients still carry a GradScaler's scale.
+        params: the parameters, needed only with ``coupled_decay``.
+        coupled_decay: ``c`` when the second moment is built from ``g + c p`` (coupled, L2-style
+            weight decay, see ``Algorithm.coupled_decay``): the ratio is then of that sum, as
+            torch squares it (one more temporary and two more passes).
 
     Returns:
         ``(sum_r, sum_r2)``: 1-D float32 tensors, one entry per tensor.
@@ -103,9 +109,19 @@ def fresh_ratio_sums(
     # x b / v = 1/w); in units of r/b the cap is 1/(w b). max(v, tiny) turns 0/0 (never a
     # gradient, none now) into 0. Six foreach passes; two temporaries (x and max(v, tiny)).
     cap = (1.0 / (newest_weight * prev_bias_correction)).to(dtype).unbind(0)
-    x = torch._foreach_mul(grads, grads)
-    if inv_grad_scale_sq is not None:
-        torch._foreach_mul_(x, inv_grad_scale_sq.to(dtype))
+    if coupled_decay != 0.0 and params is not None:
+        g = (
+            torch._foreach_mul(grads, inv_grad_scale_sq.sqrt().to(dtype))
+            if inv_grad_scale_sq is not None
+            else torch._foreach_mul(grads, 1.0)
+        )
+        torch._foreach_add_(g, params, alpha=coupled_decay)
+        x = torch._foreach_mul(g, g)
+        del g
+    else:
+        x = torch._foreach_mul(grads, grads)
+        if inv_grad_scale_sq is not None:
+            torch._foreach_mul_(x, inv_grad_scale_sq.to(dtype))
     torch._foreach_div_(x, torch._foreach_maximum(sq_avgs, tiny))
     torch._foreach_minimum_(x, cap)  # x now holds r / b
     sum_q = torch.stack(torch._foreach_norm(x, 1)).float()

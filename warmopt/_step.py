@@ -72,6 +72,18 @@ class Algorithm:
     def beta(self, group: dict[str, Any]) -> float | Tensor:
         raise NotImplementedError
 
+    def coupled_decay(self, group: dict[str, Any]) -> float:
+        """``c`` such that the gradient torch feeds to the second moment is ``±(g + c p)``.
+
+        Coupled (L2) weight decay adds ``weight_decay * p`` to the gradient after ``maximize``
+        negates it, so ``c = -weight_decay`` under ``maximize`` (the sign of the sum does not
+        matter for its square). 0 for decoupled (AdamW) decay, which never touches the moments.
+        """
+        if group.get("decoupled_weight_decay", False):
+            return 0.0
+        wd = float(group.get("weight_decay", 0.0))
+        return -wd if group.get("maximize", False) else wd
+
     def init_group(self, opt: Optimizer, group: dict[str, Any]) -> GroupBatch:
         raise NotImplementedError
 

@@ -113,9 +113,9 @@ def warmup_summary(optimizer: Optimizer) -> dict[str, Tensor]:
         >>> opt.step()
         >>> summary = warmup_summary(opt)
         >>> round(float(summary["scale_median"]), 3), float(summary["fraction_warmed"])
-        (0.141, 0.0)
+        (0.035, 0.0)
         >>> round(float(summary["group0/lr_effective"]), 7)
-        0.0001414
+        3.54e-05
     """
     values, rows, counts, device = _collect(optimizer)
     n_rows, total = values.shape
@@ -201,8 +201,8 @@ def log_warmup(
         >>> opt = warmopt.Adam([w], lr=1e-3)
         >>> w.grad = torch.ones(3); opt.step()
         >>> _ = log_warmup(PrintWriter(), opt, step=1)
-        warmup/scale_median 0.141 1
-        warmup/group0/scale_median 0.141 1
+        warmup/scale_median 0.035 1
+        warmup/group0/scale_median 0.035 1
     """
     summary = warmup_summary(optimizer)
     keys = list(summary)

@@ -144,7 +144,7 @@ class WarmupOptimizer(Optimizer):
         >>> model(torch.randn(8, 4)).square().mean().backward()
         >>> opt.step()
         >>> [round(float(s), 3) for s in opt.warmup_scale[0]]
-        [0.141, 0.141]
+        [0.035, 0.035]
         >>> wrapped = warmopt.WarmupOptimizer(torch.optim.RMSprop(model.parameters(), lr=1e-3))
     """
 
@@ -343,14 +343,16 @@ class WarmupOptimizer(Optimizer):
             # checkpoint, an added group would): skip even the host-side walk over the tensors.
             return None
         fresh = False
+        initial = {"scale": 0.0, **policy.initial_state()}
         for batch in batches:
             for p in batch.params:
                 st = self.state[p]
                 if _PREFIX + "scale" not in st:
                     fresh = True
                     for key in keys:
-                        init = 0.0 if key == "scale" else policy.state_init[key]
-                        st[_PREFIX + key] = torch.tensor(init, dtype=torch.float32, device=p.device)
+                        st[_PREFIX + key] = torch.tensor(
+                            initial[key], dtype=torch.float32, device=p.device
+                        )
         if fresh:
             self._warmup_done = False
             self._done_flag.reset()
@@ -427,21 +429,25 @@ class WarmupOptimizer(Optimizer):
         parts_r2: list[Tensor] = []
         order: list[int] = []
         offset = 0
-        for mode, batch in zip(modes, batches):
+        for mode, batch, group in zip(modes, batches, self.param_groups):
             n = len(batch.params)
             if n == 0:
                 continue
+            decay = self._algorithm.coupled_decay(group)
             grads = _local_shards(_real(batch.grads))
             sqs = _local_shards(_real(batch.second_moments))
+            ps = _local_shards(_real(batch.params))
             if mode == "single":
-                buckets = [([[g], [v]], [i]) for i, (g, v) in enumerate(zip(grads, sqs))]
+                buckets = [
+                    ([[g], [v], [p]], [i]) for i, (g, v, p) in enumerate(zip(grads, sqs, ps))
+                ]
             else:
                 grouped = Optimizer._group_tensors_by_device_and_dtype(
-                    [grads, sqs],  # type: ignore[list-item]
+                    [grads, sqs, ps],  # type: ignore[list-item]
                     with_indices=True,
                 )
                 buckets = list(grouped.values())  # type: ignore[arg-type]
-            for (g_list, v_list), idx in buckets:
+            for (g_list, v_list, p_list), idx in buckets:
                 dev = g_list[0].device
                 sel = torch.tensor([offset + i for i in idx], device=home)
                 gs = None if inv_gs2 is None else inv_gs2.to(dev)
@@ -451,6 +457,8 @@ class WarmupOptimizer(Optimizer):
                     prev_bc[sel].to(dev),
                     weight[sel].to(dev),
                     gs,
+                    params=p_list,
+                    coupled_decay=decay,
                 )
                 s_r, s_r2 = _sum_over_shards(s_r, s_r2, [batch.grads[i] for i in idx])
                 parts_r.append(s_r.to(home))
