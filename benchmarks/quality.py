@@ -45,6 +45,8 @@ Methods (Adam tasks; RMSprop tasks drop ``radam`` and ``schedulefree`` and use `
 * ``warmopt``              ``warmopt.Adam`` / ``warmopt.RMSprop``, default measured warm-up
 * ``warmopt_nostats``      ``warmup=warmopt.Measured(kurtosis=False, drift=False)`` (RAdam-like)
 * ``warmopt_nodrift``      ``warmup=warmopt.Measured(drift=False)``
+* ``warmopt_prior2``       ``warmup=warmopt.Measured(prior_kurtosis=2)`` (a Gaussian prior: larger
+                           first steps)
 * ``warmopt_group``        ``granularity="group"`` (one param group here: one scale for the model)
 
 Metrics per task and method (L = final training loss on fixed training data, L_0 at init):
@@ -108,6 +110,7 @@ ADAM_METHODS = [
     "warmopt",
     "warmopt_nostats",
     "warmopt_nodrift",
+    "warmopt_prior2",
     "warmopt_group",
 ]
 RMSPROP_METHODS = [
@@ -119,6 +122,7 @@ RMSPROP_METHODS = [
     "warmopt",
     "warmopt_nostats",
     "warmopt_nodrift",
+    "warmopt_prior2",
     "warmopt_group",
 ]
 #: Methods that need no warm-up length: the "untuned anchors" the targets compare against.
@@ -127,6 +131,7 @@ WARMOPT_POLICIES: dict[str, tuple[Any, str]] = {
     "warmopt": ("measured", "tensor"),
     "warmopt_nostats": (warmopt.Measured(kurtosis=False, drift=False), "tensor"),
     "warmopt_nodrift": (warmopt.Measured(drift=False), "tensor"),
+    "warmopt_prior2": (warmopt.Measured(prior_kurtosis=2.0), "tensor"),
     "warmopt_group": ("measured", "group"),
 }
 
@@ -828,6 +833,7 @@ STYLE = {
     "warmopt": ("tab:red", "-"),
     "warmopt_nostats": ("tab:pink", ":"),
     "warmopt_nodrift": ("tab:orange", ":"),
+    "warmopt_prior2": ("tab:gray", ":"),
     "warmopt_group": ("tab:purple", ":"),
 }
 

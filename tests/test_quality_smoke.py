@@ -40,6 +40,7 @@ def test_quality_runs_tiny(tmp_path: Path) -> None:
             "warmopt",
             "warmopt_nostats",
             "warmopt_nodrift",
+            "warmopt_prior2",
             "warmopt_group",
         }
         if name == "gru_rmsprop":
