@@ -94,6 +94,19 @@ def test_scale_is_a_device_tensor_and_stats_are_floats() -> None:
     assert opt.param_groups[0]["lr"] == 0.1  # the warm-up never writes lr
 
 
+def test_warmup_stats_ignores_parameters_that_never_stepped() -> None:
+    """A frozen (never-stepped) parameter has no warm-up state: it must not count as scale 0."""
+    live, frozen = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    opt = warmopt.Adam([live, frozen], lr=0.1)
+    before = opt.warmup_stats()
+    assert math.isnan(before["scale_median"]) and math.isnan(before["lr_effective"][0])
+    live.grad = torch.ones(4)
+    opt.step()
+    stats = opt.warmup_stats()
+    assert stats["scale_min"] == stats["scale_median"] == stats["scale_max"] > 0
+    assert math.isclose(stats["lr_effective"][0], 0.1 * stats["scale_median"], rel_tol=1e-6)
+
+
 def test_warmup_state_lives_in_the_per_parameter_state_dict() -> None:
     p = torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
     opt = warmopt.Adam([p])

@@ -9,14 +9,17 @@ from pathlib import Path
 import pytest
 
 
-def test_demo_runs_tiny(tmp_path: Path) -> None:
+@pytest.mark.parametrize("task", ["mse", "ce"])
+def test_demo_runs_tiny(tmp_path: Path, task: str) -> None:
     pytest.importorskip("sklearn", reason="the demo needs scikit-learn (pip install -e '.[bench]')")
     pytest.importorskip("pytorch_warmup", reason="the demo needs pytorch-warmup ('.[bench]')")
     from benchmarks import demo
 
-    result = demo.main(["--tiny", "--out", str(tmp_path)])
-    saved = json.loads((tmp_path / "demo_tiny.json").read_text())
-    assert saved["meta"]["tiny"] is True
+    result = demo.main(["--tiny", "--task", task, "--out", str(tmp_path)])
+    stem = "demo_tiny" if task == "mse" else f"demo_{task}_tiny"
+    saved = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert saved["meta"]["tiny"] is True and saved["meta"]["task"] == task
+    assert (tmp_path / f"{stem}_lr.png").exists()
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"adam", "warmopt", "radam", "untuned_linear", "linear_oracle"}
     assert all(r["final_loss"] > 0 for r in result["rows"])

@@ -8,9 +8,9 @@ tensors to a logger that syncs when it flushes. :func:`log_warmup` writes the sa
 ``writer.add_scalar`` (``torch.utils.tensorboard.SummaryWriter`` or anything with that method);
 it reads them on the host, with one device-to-host copy for all the scalars.
 
-Unlike :meth:`warmopt.WarmupOptimizer.warmup_stats` (plain floats, syncs, counts parameters
-that never stepped as scale 0), the summaries here cover only the tensors that have stepped at
-least once; a group without any has NaN entries (0/0), not zeros.
+The summaries cover only the tensors that have stepped at least once; a group without any has
+NaN entries (0/0), not zeros. :meth:`warmopt.WarmupOptimizer.warmup_stats` returns the same
+numbers as plain floats.
 """
 
 from __future__ import annotations

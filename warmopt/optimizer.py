@@ -28,7 +28,7 @@ from torch.optim.optimizer import ParamsT, _use_grad_for_differentiable
 
 from . import _stats
 from ._step import ALGORITHMS, RMSPROP, Algorithm, GroupBatch, _real, resolve_mode, run_group
-from .policies import Measured, Statistics, WarmupPolicy, resolve_policy
+from .policies import Statistics, WarmupPolicy, resolve_policy
 
 __all__ = ["WarmupOptimizer", "GRANULARITIES"]
 
@@ -556,34 +556,25 @@ class WarmupOptimizer(Optimizer):
         return out
 
     def warmup_stats(self) -> dict[str, Any]:
-        """Plain-float summary for loggers. **Syncs with the device** (reads the scales).
+        """Plain-float summary for loggers. **Syncs with the device** (one copy of all values).
 
-        Returns a dict with ``scale_min``, ``scale_median``, ``scale_max``, ``fraction_warmed``
-        (share of stepped tensors at scale 1) over all groups, ``lr_effective`` (per group:
-        ``lr`` times the group's median scale), and, for :class:`Measured`, the medians of
-        ``kurtosis`` (estimated kappa - 1) and ``drift``.
+        The numbers of :func:`warmopt.monitor.warmup_summary` as floats, over the tensors that
+        have stepped at least once: ``scale_min``, ``scale_median``, ``scale_max``,
+        ``fraction_warmed`` (share of those tensors at scale 1), ``lr_effective`` (a list, per
+        group: ``lr`` times the group's median scale; NaN for a group none of whose tensors has
+        stepped), and, for :class:`Measured`, the medians of ``kurtosis`` (the estimate of
+        kappa - 1) and ``drift``. Before the first step every entry is NaN.
         """
-        all_scales = torch.cat([s.float().cpu() for s in self.warmup_scale])
-        if all_scales.numel() == 0:
-            all_scales = torch.zeros(1)
-        out: dict[str, Any] = {
-            "scale_min": float(all_scales.min()),
-            "scale_median": float(all_scales.median()),
-            "scale_max": float(all_scales.max()),
-            "fraction_warmed": float((all_scales >= 1).float().mean()),
-            "lr_effective": [
-                float(g["lr"]) * float(s.float().median()) if s.numel() else float(g["lr"])
-                for g, s in zip(self.param_groups, self.warmup_scale)
-            ],
-        }
-        if isinstance(self.warmup, Measured):
-            for key in ("kurtosis", "drift"):
-                vals = [
-                    st[_PREFIX + key].float().cpu()
-                    for st in self.state.values()
-                    if _PREFIX + key in st
-                ]
-                out[key] = float(torch.stack(vals).median()) if vals else float("nan")
+        from .monitor import warmup_summary
+
+        summary = warmup_summary(self)
+        keys = list(summary)
+        values = torch.stack([summary[k] for k in keys]).cpu().tolist()
+        flat = dict(zip(keys, values))
+        out: dict[str, Any] = {k: v for k, v in flat.items() if not k.startswith("group")}
+        out["lr_effective"] = [
+            flat[f"group{i}/lr_effective"] for i in range(len(self.param_groups))
+        ]
         return out
 
 
