@@ -88,7 +88,7 @@ def test_wheel_installs_and_passes_tests(tmp_path: Path) -> None:
     # 1. build from a clean copy of what the wheel is made of
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "warmopt", src / "warmopt", ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path / "dist"
@@ -99,6 +99,7 @@ def test_wheel_installs_and_passes_tests(tmp_path: Path) -> None:
     assert "warmopt/py.typed" in names
     assert "warmopt/monitor.py" in names
     assert {n.split("/")[0] for n in names} == {"warmopt", f"warmopt-{version}.dist-info"}
+    assert f"warmopt-{version}.dist-info/licenses/LICENSE" in names
 
     # 2. a fresh venv on top of this interpreter's packages; pip from this interpreter
     venv = tmp_path / "venv"
