@@ -92,7 +92,7 @@ class ReferenceOptimizer:
             sigma = math.sqrt(st["kurtosis"] / count * (1 - rho) / (1 + rho))
             delta = max(0.0, st["drift"] - Measured.DRIFT_Z * sigma)
             w_new = (1 - beta) / (1 - beta**t)
-            correction = math.sqrt((1 + w_new * delta) / (1 + delta))
+            correction = min(1.0, (1 + p.tol) * math.sqrt((1 + w_new * delta) / (1 + delta)))
         err = 0.5 * math.sqrt(st["kurtosis"] / n_now)
         n_inf = (1 + beta) / (1 - beta)
         target = max(p.tol, math.sqrt(2) * 0.5 * math.sqrt(st["kurtosis"] / n_inf))

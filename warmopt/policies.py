@@ -121,7 +121,8 @@ class Measured(WarmupPolicy):
         \qquad c_t = \max\bigl(c_{t-1},\ \min(1,\ e^\star/e_t)\bigr),
 
     .. math::
-        d_t = \sqrt{\frac{1 + w_t\,\delta_t}{1 + \delta_t}},\qquad s_t = c_t\,d_t.
+        d_t = \min\Bigl(1,\ (1+\mathrm{tol})\sqrt{\frac{1 + w_t\,\delta_t}{1 + \delta_t}}\Bigr),
+        \qquad s_t = c_t\,d_t.
 
     * :math:`n_\mathrm{eff}(t) = (1+\beta)(1-\beta^t)/((1-\beta)(1+\beta^t))`: how many effective
       samples :math:`\hat v_t` rests on;
@@ -133,7 +134,8 @@ class Measured(WarmupPolicy):
       measurement rests on, with the prior ``prior_kurtosis`` (:math:`K_0`) counted as one sample.
       Heavy tails (:math:`K` large) need more samples; light tails fewer.
     * :math:`K_0` sets the first steps, before anything is measured: :math:`c_1 =
-      2\,\mathrm{tol}/\sqrt{K_0}` (0.035 by default). It is deliberately pessimistic. The spread
+      2\,\mathrm{tol}/\sqrt{K_0}` (0.035 by default; the floor of :math:`e^\star` below raises
+      it to 0.1 at :math:`\beta = 0.99`). It is deliberately pessimistic. The spread
       measured in the first steps, while the parameters have barely moved, understates the
       variation that the updates themselves will cause (across the 77 tensors of the quality
       benchmark: median :math:`K` 1.5 at step 5, 3.5 at step 20), and the first updates are the
@@ -147,9 +149,11 @@ class Measured(WarmupPolicy):
       coordinates. A lag is a bias, not noise: it is corrected, not waited out. With
       :math:`w_t = (1-\beta)/(1-\beta^t)` the weight of the newest sample,
       :math:`E[\hat v_t] = (1 + w_t\delta_t)\,\hat v_{t-1}` while the gradients' second moment is
-      :math:`(1+\delta_t)\,\hat v_{t-1}`, so :math:`\psi` is :math:`1/d_t` too large and
-      :math:`d_t` undoes that (the per-step correction of StableAdamW's update clipping, from a
-      significance-filtered signal). :math:`d_t` may fall and rise; :math:`c_t` only rises.
+      :math:`(1+\delta_t)\,\hat v_{t-1}`, so :math:`\psi` is
+      :math:`\sqrt{(1+\delta_t)/(1+w_t\delta_t)}` too large and :math:`d_t` undoes all of that
+      beyond the tolerance ``tol`` (the per-step correction of StableAdamW's update clipping,
+      from a significance-filtered signal). :math:`d_t` may fall and rise; :math:`c_t` only
+      rises.
     * :math:`e^\star`: the tolerance, floored at :math:`\sqrt2` times the error the estimate
       reaches for :math:`t\to\infty`, so the warm-up ends even when heavy tails and a small
       :math:`\beta` keep :math:`\hat v` imprecise forever (it then ends when
@@ -270,7 +274,8 @@ class Measured(WarmupPolicy):
             sigma = torch.sqrt(kurt / count * ((1 - rho) / (1 + rho)))
             delta = (drift - self.DRIFT_Z * sigma).clamp_min(0.0)
             w = _stats.newest_weight(step, beta)
-            correction = torch.sqrt((1 + w * delta) / (1 + delta))
+            lag = torch.sqrt((1 + w * delta) / (1 + delta))
+            correction = torch.clamp((1 + self.tol) * lag, max=1.0)
 
         err = 0.5 * torch.sqrt(kurt / n_now)
         target = torch.clamp(math.sqrt(2.0) * 0.5 * torch.sqrt(kurt / n_inf), min=self.tol)
