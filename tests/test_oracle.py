@@ -14,6 +14,7 @@ POLICIES = [
     warmopt.Measured(),
     warmopt.Measured(rewarm=True),
     warmopt.Measured(tol=0.03, drift=False),
+    warmopt.Measured(measure_every=3, prior_kurtosis=4.0),
     warmopt.RAdamRectification(),
     warmopt.UntunedLinear(),
     warmopt.UntunedExponential(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -302,3 +303,32 @@ def test_rewarm_falls_when_the_estimate_goes_stale_and_recovers() -> None:
     # Re-warming: back above 0.9 while v̂ still lags (at beta = 0.99, 200 steps after a 900x jump
     # in g^2, v̂ holds ~87 % of it; the drift correction d_t accounts for the rest).
     assert trace[-1] >= 0.9 and trace[-1] > trace[250]
+
+
+def test_measure_every_skips_the_statistics_but_not_the_rise() -> None:
+    """With measure_every=3 the estimates change only on calls 2, 5, 8, ... while the scale
+    still rises every step; fewer ATen ops on the skipped steps; the warm-up still completes."""
+    from .opcount import OpCounter
+
+    gen = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.zeros(512))
+    opt = warmopt.Adam([p], lr=1e-6, warmup=warmopt.Measured(measure_every=3))
+    kurt, scales, ops = [], [], []
+    for t in range(1, 200):
+        p.grad = make_gradient("gaussian", t, 512, gen)
+        with OpCounter() as counter:
+            opt.step()
+        ops.append(counter.total)
+        kurt.append(float(opt.state[p]["warmup_kurtosis"]))
+        scales.append(float(opt.state[p]["warmup_scale"]))
+    changed = [t for t in range(2, 30) if kurt[t - 1] != kurt[t - 2]]
+    assert changed == [t for t in range(2, 30) if (t - 1) % 3 == 1]
+    assert all(b > a for a, b in itertools.pairwise(scales[:21]))
+    assert ops[2] < ops[1] and ops[3] < ops[4]  # steps 3 and 4 skip, step 2 and 5 measure
+    assert scales[-1] == 1.0
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
+def test_measure_every_rejects_bad_values(bad: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="measure_every"):
+        warmopt.Measured(measure_every=bad)  # type: ignore[arg-type]

@@ -49,6 +49,7 @@ class ReferenceOptimizer:
         self.hyper = hyper
         self.state: dict[int, dict[str, Any]] = {}
         self.scales: dict[int, float] = {}
+        self.calls = 0
 
     # -- policy, one tensor, plain floats
     def _policy(self, st: dict[str, Any], t: float, beta: float, r: Tensor | None) -> float:
@@ -106,6 +107,9 @@ class ReferenceOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         h = self.hyper
+        every = getattr(self.policy, "measure_every", 1)
+        measure = self.calls % every == 1 % every
+        self.calls += 1
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
@@ -128,7 +132,7 @@ class ReferenceOptimizer:
             )
             t = float(st["step"]) + 1
             r = None
-            if t >= 2:
+            if t >= 2 and measure:
                 g_eff = g
                 if self.base == "rmsprop" or not h.get("decoupled_weight_decay", False):
                     g_eff = (-g if h.get("maximize", False) else g) + h.get("weight_decay", 0) * p

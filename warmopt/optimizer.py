@@ -233,6 +233,7 @@ class WarmupOptimizer(Optimizer):
         self._warmup_done = False
         self._done_state_count = -1
         self._done_flag = _HostFlag()
+        self._warm_calls = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -255,6 +256,7 @@ class WarmupOptimizer(Optimizer):
         self._warmup_done = False
         self._done_state_count = -1
         self._done_flag = _HostFlag()
+        self._warm_calls = 0
 
     @torch._disable_dynamo  # type: ignore[attr-defined]
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -282,6 +284,7 @@ class WarmupOptimizer(Optimizer):
             post.remove()
         self._warmup_done = False
         self._done_flag.reset()
+        self._warm_calls = 0
 
     def _restore_warmup_state(self, state_dict: dict[str, Any]) -> None:
         """Copy the saved ``warmup_*`` entries into the state as float32 (torch cast them)."""
@@ -378,7 +381,13 @@ class WarmupOptimizer(Optimizer):
         old = {k: _stack_to([s[_PREFIX + k] for s in states], home) for k in keys}
         stats = None
         if policy.needs_statistics:
-            stats = self._measure(batches, modes, step, beta, grad_scale, found_inf, home)
+            every = int(getattr(policy, "measure_every", 1))
+            if self._warm_calls % every == 1 % every:
+                stats = self._measure(batches, modes, step, beta, grad_scale, found_inf, home)
+            else:
+                zeros = torch.zeros(len(params), dtype=torch.float32, device=home)
+                stats = Statistics(zeros, zeros, self._counts(batches, home), zeros)
+        self._warm_calls += 1
 
         units, n_units = self._units(batches, home)
         if units is None:
@@ -470,14 +479,19 @@ class WarmupOptimizer(Optimizer):
         perm = perm.to(home)
         sum_r = torch.cat(parts_r)[perm]
         sum_r2 = torch.cat(parts_r2)[perm]
-        count = torch.tensor(
-            [g.numel() * (2 if torch.is_complex(g) else 1) for b in batches for g in b.grads],
-            dtype=torch.float32,
-        ).to(home, non_blocking=True)
+        count = self._counts(batches, home)
         valid = ((step >= 2) & (count > 0)).float()
         if found_inf is not None:
             valid = valid * (found_inf.to(home, torch.float32) == 0).float()
         return Statistics(sum_r=sum_r, sum_r2=sum_r2, count=count, valid=valid)
+
+    @staticmethod
+    def _counts(batches: list[GroupBatch], home: torch.device) -> Tensor:
+        """Real coordinates per tensor (complex counts twice), as float32 on ``home``."""
+        return torch.tensor(
+            [g.numel() * (2 if torch.is_complex(g) else 1) for b in batches for g in b.grads],
+            dtype=torch.float32,
+        ).to(home, non_blocking=True)
 
     def _units(self, batches: list[GroupBatch], home: torch.device) -> tuple[Tensor | None, int]:
         """Unit index of each tensor for group/global granularity (``None`` for per tensor)."""

@@ -179,6 +179,11 @@ class Measured(WarmupPolicy):
             makes the confidence a function of the step count only, like RAdam (an ablation).
         prior_kurtosis (float, optional): :math:`K_0`, the excess kurtosis assumed before the
             first measurement, with the weight of one sample (default: 32). Must be > 0.
+        measure_every (int, optional): measure the statistics on every ``k``-th call of
+            ``step()`` while warming (on calls 2, 2+k, 2+2k, ...), saving the statistics pass on
+            the others; the scale still advances every step from the latest :math:`K` and
+            :math:`D` (default: 1, every step). With ``k > 1`` a resumed run restarts this
+            sampling phase, so resume is exact only for ``k = 1``.
 
     Example:
         >>> import torch, warmopt
@@ -200,6 +205,7 @@ class Measured(WarmupPolicy):
     drift: bool = True
     kurtosis: bool = True
     prior_kurtosis: float = 32.0
+    measure_every: int = 1
 
     name: ClassVar[str] = "measured"
     needs_statistics: ClassVar[bool] = True
@@ -223,6 +229,11 @@ class Measured(WarmupPolicy):
                 isinstance(v, (int, float)) and math.isfinite(v) and v > 0
             ):
                 raise ValueError(f"Invalid {arg} value: {v} (must be a finite float > 0)")
+        every = self.measure_every
+        if isinstance(every, bool) or not isinstance(every, int):
+            raise TypeError(f"measure_every must be an int, got {type(every).__name__}")
+        if every < 1:
+            raise ValueError(f"Invalid measure_every value: {every} (must be >= 1)")
 
     @property
     def can_fall(self) -> bool:
