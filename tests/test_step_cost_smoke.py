@@ -58,7 +58,7 @@ def test_tiny_run_writes_complete_results(tmp_path: Path) -> None:
     assert all(r["fast_path"] for r in timings if r["variant"] == "warmed")
 
     ops = written["ops"]
-    assert len(ops) == (3 + 3 + 2) * 3 * len(meta["op_tensor_counts"])
+    assert len(ops) == (3 + 3 + 2) * 4 * len(meta["op_tensor_counts"])
     for row in ops:
         assert OPS_KEYS <= set(row)
         if row["variant"] == "warmed":
