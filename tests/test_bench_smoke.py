@@ -33,3 +33,13 @@ def test_warmup_curves_runs_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     rows = json.loads((tmp_path / "warmup_curves_quick.json").read_text())["rows"]
     gauss = next(r for r in rows if r["policy"] == "measured" and r["gradients"] == "gaussian")
     assert gauss["steps_to_1.0"] is not None
+
+
+def test_kurtosis_growth_runs_tiny(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn", reason="the digits tasks need scikit-learn ('.[bench]')")
+    from benchmarks import kurtosis_growth
+
+    result = kurtosis_growth.main(["--tiny", "--out", str(tmp_path)])
+    assert [r["step"] for r in result["rows"]] == [2, 4, 8]
+    assert all(r["tensors"] > 0 and r["median"] >= 0 for r in result["rows"])
+    assert (tmp_path / "kurtosis_growth_tiny.md").exists()

@@ -138,7 +138,8 @@ class Measured(WarmupPolicy):
       it to 0.1 at :math:`\beta = 0.99`). It is deliberately pessimistic. The spread
       measured in the first steps, while the parameters have barely moved, understates the
       variation that the updates themselves will cause (across the 77 tensors of the quality
-      benchmark: median :math:`K` 1.5 at step 5, 3.5 at step 20), and the first updates are the
+      benchmark: median :math:`K` 1.5 at step 5, 3.5 at step 20, ``python -m
+      benchmarks.kurtosis_growth``), and the first updates are the
       ones that break training at a high ``lr``. The measurements outweigh the prior within a
       few steps (weights :math:`n_\mathrm{eff}(t-1)` against 1).
     * :math:`\delta_t`: the relative under-estimate of :math:`E[g_t^2]` by :math:`\hat v_{t-1}`
