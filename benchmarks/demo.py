@@ -348,20 +348,21 @@ def _plot(
     fig.tight_layout()
     fig.savefig(out / f"{stem}_lr.png", dpi=110)
     plt.close(fig)
-    top = max(lrs)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in [m for m in methods if m != "linear_oracle"]:
-        sel = [r for r in runs if r["method"] == m and r["lr"] == top and r["seed"] == 0]
-        if sel:
-            c = sel[0]["curve"]
-            k = max(1, len(c) // 60)
-            smooth = [sum(c[i : i + k]) / len(c[i : i + k]) for i in range(0, len(c), k)]
-            ax.plot([i * k for i in range(len(smooth))], smooth, label=m)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (batch, smoothed)")
-    ax.set_title(f"loss curves at lr={top:g}, seed 0")
-    ax.legend(fontsize=8)
+    tops = sorted(lrs)[-2:]  # the two highest rates: where warm-up matters
+    fig, axes = plt.subplots(1, len(tops), figsize=(5 * len(tops), 4), squeeze=False)
+    for ax, top in zip(axes[0], tops):
+        for m in [m for m in methods if m != "linear_oracle"]:
+            sel = [r for r in runs if r["method"] == m and r["lr"] == top and r["seed"] == 0]
+            if sel:
+                c = sel[0]["curve"]
+                k = max(1, len(c) // 60)
+                smooth = [sum(c[i : i + k]) / len(c[i : i + k]) for i in range(0, len(c), k)]
+                ax.plot([i * k for i in range(len(smooth))], smooth, label=m)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (batch, smoothed)")
+        ax.set_title(f"loss curves at lr={top:g}, seed 0")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / f"{stem}_curves.png", dpi=110)
     plt.close(fig)
