@@ -1,7 +1,7 @@
 """Smoke test of ``benchmarks/fusion_probe.py``: the ``--tiny`` preset runs end to end and writes
 the JSON and markdown the full probe writes, with every section filled in and the checks passing.
 
-Marked ``slow``: the probe compiles four functions with inductor (C++ on the CPU) plus three tiny
+Marked ``slow``: the probe compiles five functions with inductor (C++ on the CPU) plus three tiny
 ones for the float-``lr`` check. On a 2-core machine the first ``torch.compile`` call takes ~6 s
 with warm inductor caches and ~18 s with cold ones, and the whole test ~25 s warm / ~45 s cold.
 Deselect with ``-m "not slow"``.
@@ -19,16 +19,17 @@ from benchmarks import fusion_probe
 
 CANDIDATES = {
     "torch_fused", "torch_foreach", "warmopt_fused", "warmopt_foreach", "cstats+fused+lerp",
-    "cstats+fused", "cadam", "cstats+cadam", "cwarm", "policy_eager",
+    "cstats+fused", "cadam", "cstats+cadam", "cwarm", "read_probe", "policy_eager",
 }  # fmt: skip
-COMPILED = {"stats_fn", "update_fn", "stats_update_fn", "warming_step_fn"}
+COMPONENTS = {"read_probe", "policy_eager"}  # not steps
+COMPILED = {"stats_fn", "update_fn", "stats_update_fn", "warming_step_fn", "read_probe_fn"}
 META_KEYS = {
     "torch", "python", "machine", "platform", "commit", "threads", "preset", "reps",
     "warmup_iters", "command", "inductor_cache", "policy", "elapsed_s",
 }  # fmt: skip
 TIMING_KEYS = {
     "layout", "candidate", "n", "median_ms", "q1_ms", "q3_ms", "x_fused", "x_fused_q1",
-    "x_fused_q3", "x_foreach", "x_foreach_q1", "x_foreach_q3", "scale_max",
+    "x_fused_q3", "x_foreach", "x_foreach_q1", "x_foreach_q3", "scale_max", "gbps",
 }  # fmt: skip
 
 
@@ -98,7 +99,7 @@ def test_tiny_run_writes_complete_results(tmp_path: Path) -> None:
 
     memory = written["memory"]
     assert {(m["layout"], m["candidate"]) for m in memory} == {
-        (lay, c) for lay in layouts for c in CANDIDATES - {"policy_eager"}
+        (lay, c) for lay in layouts for c in CANDIDATES - COMPONENTS
     }
     for m in memory:
         if m["candidate"] in ("cadam", "cstats+cadam", "cwarm"):
