@@ -100,18 +100,16 @@ suffix with ``--naive-pow``; ``--out`` for another folder).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
 import platform
 import random
-import statistics
 import sys
 import tempfile
 import time
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +119,7 @@ from torch import Tensor, nn
 
 import warmopt
 from benchmarks._common import git_commit
+from benchmarks.step_cost import _quartiles, _quiet_stderr
 from warmopt import _stats
 from warmopt.policies import Statistics
 
@@ -700,13 +699,6 @@ def run_rounds(candidates: list[Candidate], preset: Preset, rng: random.Random) 
             gc.enable()
 
 
-def _quartiles(xs: Sequence[float]) -> tuple[float, float, float]:
-    if len(xs) == 1:
-        return xs[0], xs[0], xs[0]
-    q1, med, q3 = statistics.quantiles(xs, n=4, method="inclusive")
-    return q1, med, q3
-
-
 def summarize(layout: Layout, candidates: list[Candidate]) -> list[dict[str, Any]]:
     by_key = {c.key: c for c in candidates}
     rows = []
@@ -741,21 +733,6 @@ def summarize(layout: Layout, candidates: list[Candidate]) -> list[dict[str, Any
 
 
 # --------------------------------------------------------------------------- memory
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence file descriptor 2 (kineto prints a line at every profiler start and stop)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def profile_step(step: Callable[[], Any]) -> dict[str, Any]:
