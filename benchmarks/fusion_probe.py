@@ -74,10 +74,12 @@ Checks (per layout, on their own copies)
   of entries outside ``rtol=1e-5`` (and the largest of them: entries near 0), and the error of
   the displacement ``p_3 - p_0`` relative to its largest entry.
 * ``warming``: :func:`warming_step_fn` vs ``warmopt.Adam(foreach=False, warmup=Measured(0.01))``
-  after 3 steps (parameters and scales), and both vs ``torch.optim.Adam(foreach=False)`` at
-  ``lr * s_i`` with warmopt's scales: warmopt's lerp back by ``1 - s`` costs one rounding of ``p``,
-  which with small scales is ~1e-4 of the displacement. In bf16 a step moves ``p`` by a few ulps,
-  so the displacement error means nothing there.
+  after 3 steps (parameters, scales and the policy's state: K, evidence, drift, confidence; with
+  ``tol=0.01`` the scale depends on the step count alone while K > 0.4 and no drift is
+  significant, so the state is where the statistics show), and both vs
+  ``torch.optim.Adam(foreach=False)`` at ``lr * s_i`` with warmopt's scales: warmopt's lerp back
+  by ``1 - s`` costs one rounding of ``p``, which with small scales is ~1e-4 of the displacement.
+  In bf16 a step moves ``p`` by a few ulps, so the displacement error means nothing there.
 * ``float lr`` (once): the update compiled with ``lr`` a Python float, called with three values;
   the number of graphs dynamo builds shows what a scheduler would cost without tensor ``lr``.
 * Memory: one step of each candidate under ``torch.profiler(profile_memory=True)``: peak of
@@ -801,6 +803,12 @@ def _max_rel(a: Tensor, b: Tensor) -> float:
     return float(((a - b).abs() / scale).max())
 
 
+def _max_abs_rel(a: Tensor, b: Tensor) -> float:
+    """max |a - b| / max |b| (0 when both are 0)."""
+    a, b = a.double(), b.double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
 def _rel_err_lists(a: list[Tensor], b: list[Tensor]) -> float:
     """Max over tensors of max |a - b| / max |b|: the error relative to the tensor's scale."""
     worst = 0.0
@@ -946,9 +954,19 @@ def check_warming(layout: Layout, compiled: Compiled, steps: int) -> dict[str, A
     ref = [p.detach() for p in params]
     exact = _reference_adam(layout, scales, [LR] * steps)
     start = layout.templates
+    # The policy's state is where the statistics enter (with tol=0.01 the scale itself depends on
+    # the step count only while the measured K > 0.4 and no drift is significant).
+    state_err = {
+        key: _max_abs_rel(
+            st.policy_state[j],
+            torch.stack([opt.state[p]["warmup_" + key].float() for p in params]),
+        )
+        for j, key in enumerate(POLICY_KEYS)
+    }
     return {
         "steps": steps,
         "scale_max_rel_err": scale_err,
+        "policy_state_rel_err": state_err,
         "scale_range": [min(min(s) for s in scales), max(max(s) for s in scales)],
         "compiled_vs_warmopt": _compare(st.ps, ref, start),
         "compiled_vs_exact": _compare(st.ps, exact, start),
@@ -1131,6 +1149,17 @@ def markdown(result: dict[str, Any]) -> str:
         ):
             se = f"{w['scale_max_rel_err']:.2e}" if key == "compiled_vs_warmopt" else ""
             lines.append(f"| {name} | {label} | {w['steps']} | | {cmp_cells(w[key])} | {se} |")
+    lines += [
+        "",
+        "Policy state after the same steps, compiled vs warmopt (max |a - b| / max |b| over "
+        "tensors; the state is where the statistics enter the scale):",
+        "",
+        "| layout | " + " | ".join(POLICY_KEYS) + " |",
+        "|---|" + "---|" * len(POLICY_KEYS),
+    ]
+    for name, ch in result["checks"].items():
+        errs = ch["warming"]["policy_state_rel_err"]
+        lines.append(f"| {name} | " + " | ".join(f"{errs[k]:.2e}" for k in POLICY_KEYS) + " |")
     fl = result["float_lr"]
     lines += [
         "",

@@ -94,6 +94,7 @@ def test_tiny_run_writes_complete_results(tmp_path: Path) -> None:
         assert warming["scale_max_rel_err"] < 1e-5
         assert warming["compiled_vs_exact"]["displacement_rel_err"] < 1e-4
         assert warming["compiled_vs_warmopt"]["param_rel_err"] < 1e-5
+        assert max(warming["policy_state_rel_err"].values()) < 1e-5
         assert check["graphs_built_during_timing"] == 0
     assert written["float_lr"]["graphs_built"] == len(written["float_lr"]["lr_values"])
 
