@@ -15,6 +15,7 @@ POLICIES = [
     warmopt.Measured(rewarm=True),
     warmopt.Measured(tol=0.03, drift=False),
     warmopt.Measured(measure_every=3, prior_kurtosis=4.0),
+    warmopt.Measured(sample=7, measure_every=2, prior_kurtosis=4.0),
     warmopt.RAdamRectification(),
     warmopt.UntunedLinear(),
     warmopt.UntunedExponential(),

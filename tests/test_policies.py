@@ -332,3 +332,46 @@ def test_measure_every_skips_the_statistics_but_not_the_rise() -> None:
 def test_measure_every_rejects_bad_values(bad: object) -> None:
     with pytest.raises((TypeError, ValueError), match="measure_every"):
         warmopt.Measured(measure_every=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "n,size,starts",
+    [
+        (10, 4, [0, 4, 6, 0]),  # three windows, the last flush with the end, then around again
+        (8, 4, [0, 4, 0, 4]),
+        (4, 4, [None] * 4),  # not longer than the window: the tensor itself
+        (3, None, [None] * 4),
+    ],
+)
+def test_sample_windows_tile_the_tensor(n: int, size: int | None, starts: list[int | None]) -> None:
+    t = torch.arange(float(n))
+    for index, start in enumerate(starts):
+        w = _stats.window(t, index, size)
+        if start is None:
+            assert w is t
+        else:
+            assert size is not None and w.numel() == size
+            assert w.tolist() == list(range(start, start + size))
+            assert w.data_ptr() == t.data_ptr() + start * t.element_size()  # a view, no copy
+
+
+def test_sample_measures_a_window_not_the_tensor() -> None:
+    """A spike outside the measured window is invisible at that step, inside it is seen."""
+    twins = [torch.nn.Parameter(torch.zeros(100)) for _ in range(2)]
+    opts = [warmopt.Adam([p], lr=1e-6, warmup=warmopt.Measured(sample=40)) for p in twins]
+    seen = []
+    for call in range(4):  # calls 1, 2, 3 measure windows 1, 2, 0: [40, 80), [60, 100), [0, 40)
+        for spiked, (p, opt) in enumerate(zip(twins, opts)):
+            p.grad = torch.ones(100)
+            if spiked and call > 0:
+                p.grad[10] = 30.0  # coordinate 10 lies in window 0 only
+            opt.step()
+        k = [float(opt.state[p]["warmup_kurtosis"]) for p, opt in zip(twins, opts)]
+        seen.append(k[0] != k[1])
+    assert seen == [False, False, False, True]
+
+
+@pytest.mark.parametrize("bad", [0, 1, 2.0, True, "all"])
+def test_sample_rejects_bad_values(bad: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="sample"):
+        warmopt.Measured(sample=bad)  # type: ignore[arg-type]

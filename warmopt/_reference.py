@@ -131,6 +131,10 @@ class ReferenceOptimizer:
                 h.get("betas", (0.9, 0.999))[1] if self.base == "adam" else h.get("alpha", 0.99)
             )
             t = float(st["step"]) + 1
+            size = getattr(self.policy, "sample", None)
+            n_real = p.numel() * (2 if p.is_complex() else 1)
+            if size is not None and n_real > size:
+                st["count"] = size
             r = None
             if t >= 2 and measure:
                 g_eff = g
@@ -143,6 +147,11 @@ class ReferenceOptimizer:
                 w = (1 - beta) / (1 - beta**t)
                 den = torch.maximum(vhat_prev, w * x).clamp_min(1e-30)
                 r = x / den
+                if size is not None and r.numel() > size:
+                    # window (calls // every) of `size` coordinates, the last one flush with the end
+                    j = (self.calls - 1) // every % math.ceil(r.numel() / size)
+                    start = min(j * size, r.numel() - size)
+                    r = r[start : start + size]
             scale = self._policy(st, t, beta, r)
             self.scales[i] = scale
             lr = float(h.get("lr", 1e-3)) * scale

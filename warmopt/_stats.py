@@ -19,6 +19,7 @@ __all__ = [
     "asymptotic_sample_size",
     "newest_weight",
     "fresh_ratio_sums",
+    "window",
 ]
 
 # Denominator floor for g^2 / v̂: keeps 0/0 (a coordinate that has never seen a gradient and
@@ -58,6 +59,21 @@ def newest_weight(step: Tensor, beta: Tensor | float) -> Tensor:
     step = _floating(step)
     beta_t = torch.as_tensor(beta, dtype=step.dtype, device=step.device)
     return (1 - beta_t) / (1 - beta_t**step)
+
+
+def window(t: Tensor, index: int, size: int | None) -> Tensor:
+    """Window ``index`` of ``size`` coordinates of flattened ``t`` (``t`` if it is not longer).
+
+    The windows ``[j size, (j+1) size)`` for ``j = index mod W``, ``W = ceil(numel / size)``,
+    tile the tensor; the last one is moved back to end at ``numel`` so every window is full. A
+    view when ``t`` is contiguous (``reshape`` copies otherwise).
+    """
+    n = t.numel()
+    if size is None or n <= size:
+        return t
+    j = index % -(-n // size)
+    start = min(j * size, n - size)
+    return t.reshape(-1)[start : start + size]
 
 
 def fresh_ratio_sums(

@@ -382,11 +382,15 @@ class WarmupOptimizer(Optimizer):
         stats = None
         if policy.needs_statistics:
             every = int(getattr(policy, "measure_every", 1))
+            size = getattr(policy, "sample", None)
             if self._warm_calls % every == 1 % every:
-                stats = self._measure(batches, modes, step, beta, grad_scale, found_inf, home)
+                index = self._warm_calls // every
+                stats = self._measure(
+                    batches, modes, step, beta, grad_scale, found_inf, home, index, size
+                )
             else:
                 zeros = torch.zeros(len(params), dtype=torch.float32, device=home)
-                stats = Statistics(zeros, zeros, self._counts(batches, home), zeros)
+                stats = Statistics(zeros, zeros, self._counts(batches, home, size), zeros)
         self._warm_calls += 1
 
         units, n_units = self._units(batches, home)
@@ -427,8 +431,14 @@ class WarmupOptimizer(Optimizer):
         grad_scale: Tensor | None,
         found_inf: Tensor | None,
         home: torch.device,
+        index: int = 0,
+        size: int | None = None,
     ) -> Statistics:
-        """Fresh-ratio sums for every tensor, in the same order as ``step``."""
+        """Fresh-ratio sums for every tensor, in the same order as ``step``.
+
+        With ``size``, each plain tensor longer than that is measured on window ``index`` of
+        ``size`` coordinates (``_stats.window``); DTensor shards are measured whole.
+        """
         prev_bc = 1 - beta ** (step - 1)
         weight = _stats.newest_weight(step, beta)
         inv_gs2 = None
@@ -446,6 +456,15 @@ class WarmupOptimizer(Optimizer):
             grads = _local_shards(_real(batch.grads))
             sqs = _local_shards(_real(batch.second_moments))
             ps = _local_shards(_real(batch.params))
+            if size is not None:
+                cut = [
+                    not _is_dtensor(g0) and g.numel() > size for g0, g in zip(batch.grads, grads)
+                ]
+                if any(cut):
+                    grads, sqs, ps = (
+                        [_stats.window(t, index, size) if c else t for t, c in zip(ts, cut)]
+                        for ts in (grads, sqs, ps)
+                    )
             if mode == "single":
                 buckets = [
                     ([[g], [v], [p]], [i]) for i, (g, v, p) in enumerate(zip(grads, sqs, ps))
@@ -479,19 +498,21 @@ class WarmupOptimizer(Optimizer):
         perm = perm.to(home)
         sum_r = torch.cat(parts_r)[perm]
         sum_r2 = torch.cat(parts_r2)[perm]
-        count = self._counts(batches, home)
+        count = self._counts(batches, home, size)
         valid = ((step >= 2) & (count > 0)).float()
         if found_inf is not None:
             valid = valid * (found_inf.to(home, torch.float32) == 0).float()
         return Statistics(sum_r=sum_r, sum_r2=sum_r2, count=count, valid=valid)
 
     @staticmethod
-    def _counts(batches: list[GroupBatch], home: torch.device) -> Tensor:
-        """Real coordinates per tensor (complex counts twice), as float32 on ``home``."""
-        return torch.tensor(
-            [g.numel() * (2 if torch.is_complex(g) else 1) for b in batches for g in b.grads],
-            dtype=torch.float32,
-        ).to(home, non_blocking=True)
+    def _counts(batches: list[GroupBatch], home: torch.device, size: int | None = None) -> Tensor:
+        """Real coordinates measured per tensor (complex counts twice), float32 on ``home``:
+        all of them, or at most ``size`` for plain (non-DTensor) tensors."""
+        counts = [g.numel() * (2 if torch.is_complex(g) else 1) for b in batches for g in b.grads]
+        if size is not None:
+            grads = [g for b in batches for g in b.grads]
+            counts = [n if _is_dtensor(g) else min(n, size) for n, g in zip(counts, grads)]
+        return torch.tensor(counts, dtype=torch.float32).to(home, non_blocking=True)
 
     def _units(self, batches: list[GroupBatch], home: torch.device) -> tuple[Tensor | None, int]:
         """Unit index of each tensor for group/global granularity (``None`` for per tensor)."""
@@ -602,6 +623,11 @@ def _same(a: Any, b: Any) -> bool:
 def _dtensor_type() -> type | None:
     """``DTensor`` if torch.distributed.tensor is loaded (no DTensor can exist before that)."""
     return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(t, dtensor)
 
 
 def _local_shards(ts: list[Tensor]) -> list[Tensor]:
