@@ -47,6 +47,11 @@ Methods (Adam tasks; RMSprop tasks drop ``radam`` and ``schedulefree`` and use `
 * ``warmopt_nodrift``      ``warmup=warmopt.Measured(drift=False)``
 * ``warmopt_prior2``       ``warmup=warmopt.Measured(prior_kurtosis=2)`` (a Gaussian prior: larger
                            first steps)
+* ``warmopt_sample256``    ``warmup=warmopt.Measured(sample=256)``: the fresh-ratio statistics of
+                           each tensor measured on a window of 256 coordinates that moves on by
+                           256 at each measurement, instead of on all of them (the default window,
+                           65536, covers every tensor of these tasks), so most weight matrices
+                           here are sampled
 * ``warmopt_group``        ``granularity="group"`` (one param group here: one scale for the model)
 
 Metrics per task and method (L = final training loss on fixed training data, L_0 at init):
@@ -67,10 +72,16 @@ Usage::
     python -m benchmarks.quality           # full run, ~20 min on 2 shared cores (2 processes)
     python -m benchmarks.quality --quick   # one seed, half the steps: a few minutes
     python -m benchmarks.quality --tiny    # seconds: the smoke test
+    python -m benchmarks.quality --methods warmopt warmopt_sample256 --out DIR  # an ablation pair
+
+``--methods`` runs only the named methods (``linear_oracle`` stands for its three lengths); what
+needs a method that did not run (the targets against the untuned anchors, the comparison with the
+oracle) is then reported as n/a.
 
 Writes ``benchmarks/results/quality{,_quick,_tiny}.json`` and ``.md`` and the plots
 ``quality_lr*.png`` (final loss vs LR), ``quality_curves*.png`` (loss curves at a high LR) and
-``quality_warmup*.png`` (warm-up scale over steps), with the same ``_quick``/``_tiny`` suffix.
+``quality_warmup*.png`` (warm-up scale over steps), with the same ``_quick``/``_tiny`` suffix;
+``--out DIR`` writes them in DIR instead.
 """
 
 from __future__ import annotations
@@ -82,7 +93,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -111,6 +122,7 @@ ADAM_METHODS = [
     "warmopt_nostats",
     "warmopt_nodrift",
     "warmopt_prior2",
+    "warmopt_sample256",
     "warmopt_group",
 ]
 RMSPROP_METHODS = [
@@ -123,6 +135,7 @@ RMSPROP_METHODS = [
     "warmopt_nostats",
     "warmopt_nodrift",
     "warmopt_prior2",
+    "warmopt_sample256",
     "warmopt_group",
 ]
 #: Methods that need no warm-up length: the "untuned anchors" the targets compare against.
@@ -132,17 +145,20 @@ WARMOPT_POLICIES: dict[str, tuple[Any, str]] = {
     "warmopt_nostats": (warmopt.Measured(kurtosis=False, drift=False), "tensor"),
     "warmopt_nodrift": (warmopt.Measured(drift=False), "tensor"),
     "warmopt_prior2": (warmopt.Measured(prior_kurtosis=2.0), "tensor"),
+    "warmopt_sample256": (warmopt.Measured(sample=256), "tensor"),
     "warmopt_group": ("measured", "group"),
 }
 
 
-def methods_for(spec: TaskSpec) -> list[str]:
-    return list(ADAM_METHODS if spec.optimizer == "adam" else RMSPROP_METHODS)
+def methods_for(spec: TaskSpec, only: Collection[str] | None = None) -> list[str]:
+    """The methods of ``spec``'s optimizer, in table order; ``only`` keeps just those named."""
+    methods = ADAM_METHODS if spec.optimizer == "adam" else RMSPROP_METHODS
+    return [m for m in methods if only is None or m in only]
 
 
-def runnable_for(spec: TaskSpec) -> list[str]:
+def runnable_for(spec: TaskSpec, only: Collection[str] | None = None) -> list[str]:
     out = []
-    for m in methods_for(spec):
+    for m in methods_for(spec, only):
         out += [f"linear_{n}" for n in spec.oracle_lengths] if m == "linear_oracle" else [m]
     return out
 
@@ -401,17 +417,26 @@ def anchor_scales(spec: TaskSpec) -> dict[str, Callable[[int], float]]:
     return out
 
 
-def summarize_task(spec: TaskSpec, runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
-    methods = methods_for(spec)
+def summarize_task(
+    spec: TaskSpec,
+    runs: list[dict[str, Any]],
+    seeds: list[int],
+    only: Collection[str] | None = None,
+) -> dict[str, Any]:
+    methods = methods_for(spec, only)
     lrs = list(spec.lrs)
-    loss0 = _mean([r["loss0"] for r in runs if r["method"] == "none"])
+    # Every method starts from the same weights per seed: L0 from any method's runs.
+    base = "none" if "none" in methods else methods[0]
+    if base == "linear_oracle":
+        base = f"linear_{spec.oracle_lengths[0]}"
+    loss0 = _mean([r["loss0"] for r in runs if r["method"] == base])
     const = get_problem(spec).constant_loss()
 
     def sel(m: str, lr: float) -> list[dict[str, Any]]:
         return [r for r in runs if r["method"] == m and r["lr"] == lr]
 
     oracle_pick: dict[float, str] = {}
-    for lr in lrs:
+    for lr in lrs if "linear_oracle" in methods else []:
         cands = [f"linear_{n}" for n in spec.oracle_lengths]
         oracle_pick[lr] = min(cands, key=lambda c: _mean([r["final_loss"] for r in sel(c, lr)]))
 
@@ -461,11 +486,15 @@ def summarize_task(spec: TaskSpec, runs: list[dict[str, Any]], seeds: list[int])
             "best_val_losses": cells[best_val_lr]["val_losses"] if best_val_lr is not None else [],
             "warmup_cost": cells[best_lr]["early_loss"],
         }
-    oracle = summary["linear_oracle"]
+    oracle = summary.get("linear_oracle")
     for m in methods:
         s = summary[m]
-        s["val_vs_oracle"] = s["best_val_loss"] - oracle["best_val_loss"]
-        s["val_noise"] = _noise(s["best_val_losses"], oracle["best_val_losses"])
+        s["val_vs_oracle"] = (
+            None if oracle is None else s["best_val_loss"] - oracle["best_val_loss"]
+        )
+        s["val_noise"] = (
+            None if oracle is None else _noise(s["best_val_losses"], oracle["best_val_losses"])
+        )
 
     warm = _warmup_lengths(spec, runs)
     targets = _targets(spec, summary, warm)
@@ -556,10 +585,17 @@ def _warmup_lengths(spec: TaskSpec, runs: list[dict[str, Any]]) -> dict[str, Any
     return out
 
 
+#: What the targets compare: warmopt against the anchors, the oracle and untuned linear.
+TARGET_NEEDS = ("warmopt", "linear_oracle", "untuned_linear")
+
+
 def _targets(
     spec: TaskSpec, summary: dict[str, dict[str, Any]], warm: dict[str, Any]
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """warmopt against the untuned anchors; None when a method it needs did not run."""
     anchors = [m for m in UNTUNED_ANCHORS if m in summary]
+    if not anchors or any(m not in summary for m in TARGET_NEEDS):
+        return None
     w = summary["warmopt"]
     best_s = min(summary[m]["sensitivity"] for m in anchors)
     best_f = min(summary[m]["failure_rate"] for m in anchors)
@@ -618,6 +654,7 @@ def _fmt_lr(v: float | None) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
+    oracle_ran = all("linear_oracle" in t["grid"] for t in result["tasks"].values())
     lines = [
         f"# LR-robustness benchmark ({meta['mode']})",
         "",
@@ -641,15 +678,22 @@ def markdown(result: dict[str, Any]) -> str:
         "Plots: "
         + ", ".join(f"`{p}`" for p in result.get("plots", []))
         + "; curves and warm-up scales at "
-        "the largest LR the hand-tuned oracle still rescues: "
+        + (
+            "the largest LR the hand-tuned oracle still rescues: "
+            if oracle_ran
+            else "the largest LR at which no method that ran stalled (the oracle did not run): "
+        )
         + ", ".join(f"{k} {v:g}" for k, v in result.get("high_lr", {}).items())
         + ".",
         "",
     ]
+    if meta.get("methods") is not None:
+        lines += [f"Only the methods {', '.join(meta['methods'])} ran (`--methods`).", ""]
     for task, t in result["tasks"].items():
         spec = t["spec"]
         lrs = spec["lrs"]
         methods = list(t["summary"])
+        has_oracle = "linear_oracle" in t["grid"]
         lines += [
             f"## {task}: {spec['title']}",
             "",
@@ -665,7 +709,7 @@ def markdown(result: dict[str, Any]) -> str:
             s = t["summary"][m]
             delta = (
                 ""
-                if m == "linear_oracle"
+                if m == "linear_oracle" or s["val_vs_oracle"] is None
                 else (
                     f" ({s['val_vs_oracle']:+.3f}"
                     + (f" ± {s['val_noise']:.3f})" if s["val_noise"] is not None else ")")
@@ -692,13 +736,14 @@ def markdown(result: dict[str, Any]) -> str:
                 mark = "*" if c["failures"] else ("†" if c["stalls"] else "")
                 cells.append(_fmt(c["final_loss"]) + mark)
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        picks = [t["grid"]["linear_oracle"][repr(lr)]["picked"] for lr in lrs]
-        lines += [
-            "",
-            "Oracle's linear warm-up length per LR: "
-            + ", ".join(f"{lr:g}: {p.split('_')[1]}" for lr, p in zip(lrs, picks))
-            + ".",
-        ]
+        if has_oracle:
+            picks = [t["grid"]["linear_oracle"][repr(lr)]["picked"] for lr in lrs]
+            lines += [
+                "",
+                "Oracle's linear warm-up length per LR: "
+                + ", ".join(f"{lr:g}: {p.split('_')[1]}" for lr, p in zip(lrs, picks))
+                + ".",
+            ]
         lines += _first_update_line(task, result)
         lines += _warm_table(t)
         lines += _target_lines(t)
@@ -724,12 +769,13 @@ def _first_update_line(task: str, result: dict[str, Any]) -> list[str]:
         head = curves["curves"][m]["first_20"]
         if len(head) >= 2:
             cells.append(f"{m} {head[1]:.3g}")
+    # The first batch loss is the same for every method (same weights, same batch).
+    first = curves["curves"].get("none") or next(iter(curves["curves"].values()))
+    before = first["first_20"][0] if first["first_20"] else float("nan")
     return [
         "",
         f"Batch loss right after the first update at lr={curves['lr']:g} (seed 0; "
-        f"{curves['curves'].get('none', {}).get('first_20', [float('nan')])[0]:.3g} before it): "
-        + ", ".join(cells)
-        + ".",
+        f"{before:.3g} before it): " + ", ".join(cells) + ".",
     ]
 
 
@@ -776,6 +822,13 @@ def _warm_table(t: dict[str, Any]) -> list[str]:
 
 def _target_lines(t: dict[str, Any]) -> list[str]:
     g = t["targets"]
+    if g is None:
+        return [
+            "",
+            "Targets: n/a (they compare "
+            + ", ".join(TARGET_NEEDS)
+            + " and an untuned anchor, not all of which ran).",
+        ]
 
     def mark(v: bool | None) -> str:
         return "n/a" if v is None else ("**met**" if v else "**missed**")
@@ -810,6 +863,9 @@ def _overall(result: dict[str, Any]) -> list[str]:
         def yn(v: bool | None) -> str:
             return "n/a" if v is None else ("yes" if v else "no")
 
+        if g is None:
+            rows.append(f"| {task} | n/a | n/a | n/a | n/a | n/a |")
+            continue
         rows.append(
             f"| {task} | {yn(g['sensitivity']['met'])} | {yn(g['failure_rate']['met'])} | "
             f"{yn(g['stall_rate']['met'])} | "
@@ -834,17 +890,20 @@ STYLE = {
     "warmopt_nostats": ("tab:pink", ":"),
     "warmopt_nodrift": ("tab:orange", ":"),
     "warmopt_prior2": ("tab:gray", ":"),
+    "warmopt_sample256": ("tab:red", "--"),
     "warmopt_group": ("tab:purple", ":"),
 }
 
 
 def plot_lr_index(runs: list[dict[str, Any]], result: dict[str, Any]) -> dict[str, float]:
     """The 'high LR' of each task: the largest LR that the hand-tuned linear warm-up still rescues
-    (no stalled seed), else the top of the grid."""
+    (no stalled seed), else the top of the grid. Without the oracle (``--methods``): the largest
+    LR at which no method that ran stalled, else the top of the grid."""
     out = {}
     for task, t in result["tasks"].items():
         lrs = t["spec"]["lrs"]
-        ok = [lr for lr in lrs if t["grid"]["linear_oracle"][repr(lr)]["stalls"] == 0]
+        judges = ["linear_oracle"] if "linear_oracle" in t["grid"] else list(t["grid"])
+        ok = [lr for lr in lrs if all(t["grid"][m][repr(lr)]["stalls"] == 0 for m in judges)]
         out[task] = max(ok) if ok else max(lrs)
     return out
 
@@ -910,7 +969,7 @@ def make_plots(
     for ax, task in zip(axes.flat, tasks):
         t = result["tasks"][task]
         lr = high[task]
-        picked = t["grid"]["linear_oracle"][repr(lr)]["picked"]
+        picked = t["grid"].get("linear_oracle", {}).get(repr(lr), {}).get("picked")
         for m in t["summary"]:
             key = picked if m == "linear_oracle" else m
             sel = [
@@ -933,7 +992,7 @@ def make_plots(
                 ls,
                 color=color,
                 lw=2.2 if m == "warmopt" else 1.0,
-                label=m if m != "linear_oracle" else f"linear_oracle ({picked[7:]})",
+                label=m if m != "linear_oracle" else f"linear_oracle ({key[7:]})",
             )
         ax.set_yscale("log")
         ax.set_title(f"{task}, lr={lr:g}, seed 0", fontsize=10)
@@ -1022,12 +1081,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--workers", type=int, default=2, help="worker processes, 1 thread each (default 2)"
     )
     ap.add_argument("--tasks", nargs="*", default=None, help="run only these tasks")
+    known = list(dict.fromkeys(ADAM_METHODS + RMSPROP_METHODS))
+    ap.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        metavar="METHOD",
+        help="run only these methods (default: all); a task none of them applies to is left out",
+    )
     args = ap.parse_args(argv)
+    only = args.methods
+    if only is not None:
+        unknown = [m for m in only if m not in known]
+        if unknown or not only:
+            what = f"unknown method(s) {', '.join(map(repr, unknown))}" if unknown else "no method"
+            ap.error(f"--methods: {what}; choose from {', '.join(known)}")
+        only = [m for m in known if m in only]  # table order, no duplicates
     mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
     seeds = [0, 1] if mode == "full" else [0]
     specs = [s for s in task_specs(mode) if args.tasks is None or s.name in args.tasks]
     if not specs:
         raise SystemExit(f"no task selected; choose from {[s.name for s in task_specs(mode)]}")
+    specs = [s for s in specs if methods_for(s, only)]
+    if not specs:
+        ap.error(f"--methods: none of {only} applies to the selected tasks")
     torch.set_num_threads(1)
     # Most expensive tasks first, so the two workers finish together.
     order = {"gru_rmsprop": 0, "lm_post_ln": 1, "lm_pre_ln": 2, "digits_mse": 3, "digits_ce": 4}
@@ -1036,7 +1113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for s in sorted(specs, key=lambda s: order.get(s.name, 9))
         for lr in reversed(s.lrs)
         for seed in seeds
-        for m in runnable_for(s)
+        for m in runnable_for(s, only)
     ]
     try:
         from tqdm import tqdm
@@ -1080,7 +1157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"meta": {}, "tasks": {}, "notes": notes}
     for spec in specs:
         task_runs = [r for r in runs if r["task"] == spec.name]
-        result["tasks"][spec.name] = summarize_task(spec, task_runs, seeds)
+        result["tasks"][spec.name] = summarize_task(spec, task_runs, seeds, only)
         result["tasks"][spec.name]["cpu_seconds"] = round(sum(r["seconds"] for r in task_runs), 1)
     result["meta"] = {
         "mode": mode,
@@ -1093,6 +1170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threads_per_worker": 1,
         "commit": git_commit(),
         "seeds": seeds,
+        "methods": only,
         "runs": len(runs),
         "started": started,
         "seconds": round(elapsed, 1),

@@ -41,6 +41,7 @@ def test_quality_runs_tiny(tmp_path: Path) -> None:
             "warmopt_nostats",
             "warmopt_nodrift",
             "warmopt_prior2",
+            "warmopt_sample256",
             "warmopt_group",
         }
         if name == "gru_rmsprop":
@@ -66,6 +67,34 @@ def test_quality_runs_tiny(tmp_path: Path) -> None:
     assert "## lm_post_ln" in text and "| warmopt |" in text
     for png in saved["plots"]:
         assert (tmp_path / png).stat().st_size > 0
+
+
+def test_quality_methods_rejects_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import quality
+
+    with pytest.raises(SystemExit) as exc:  # argparse's error, before any run
+        quality.main(["--tiny", "--methods", "warmopt", "no_such_method"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--methods" in err and "'no_such_method'" in err and "warmopt_sample256" in err
+
+
+def test_quality_runs_tiny_subset(tmp_path: Path) -> None:
+    pytest.importorskip(
+        "sklearn", reason="the benchmark needs scikit-learn (pip install -e '.[bench]')"
+    )
+    from benchmarks import quality
+
+    quality.main(["--tiny", "--methods", "warmopt", "--out", str(tmp_path), "--workers", "1"])
+    saved = json.loads((tmp_path / "quality_tiny.json").read_text())
+    assert saved["meta"]["methods"] == ["warmopt"]
+    assert {r["method"] for r in saved["runs"]} == {"warmopt"}
+    for task in saved["tasks"].values():
+        assert set(task["summary"]) == {"warmopt"}
+        assert task["summary"]["warmopt"]["val_vs_oracle"] is None
+        assert task["targets"] is None  # no anchors ran: the targets are n/a, not a crash
+    text = (tmp_path / "quality_tiny.md").read_text()
+    assert "| warmopt |" in text and "Targets: n/a" in text
 
 
 def test_gi_adam_initialises_second_moment_from_first_gradient() -> None:
