@@ -22,8 +22,18 @@ def test_added_ops_do_not_grow_with_the_number_of_tensors(mode: str, policy: str
         ours = step_ops(*make(n, warmopt.Adam, lr=1e-3, warmup=policy, **MODES[mode]))
         theirs = step_ops(*make(n, torch.optim.Adam, lr=1e-3, **MODES[mode]))
         extra.append(ours.total - theirs.total)
-    assert extra[0] == extra[1], extra
-    assert extra[0] > 0  # the warm-up work is really being counted
+    # Equal, or smaller for more tensors: warmopt's own foreach Adam step (warming Adam/AdamW in
+    # foreach mode) skips torch's two host reads of each CPU ``step`` (2 ops per tensor).
+    own_step = mode == "foreach"
+    assert extra[1] == extra[0] - (2 * 90 if own_step else 0), extra
+    assert extra[0] + (2 * 10 if own_step else 0) > 0  # the warm-up work is really counted
+
+
+def test_warming_foreach_adam_step_is_constant_in_the_tensor_count() -> None:
+    """Not only the additions: the whole warming step dispatches the same ops for 10 and 100
+    tensors (warmopt's own foreach Adam reads no per-tensor step on the host)."""
+    totals = [step_ops(*make(n, warmopt.Adam, lr=1e-3, foreach=True)).total for n in (10, 100)]
+    assert totals[0] == totals[1], totals
 
 
 @pytest.mark.parametrize("cls", [warmopt.RMSprop, warmopt.AdamW])
@@ -35,18 +45,19 @@ def test_rmsprop_and_adamw_ops_do_not_grow_either(cls: type) -> None:
             step_ops(*make(n, cls, foreach=True)).total
             - step_ops(*make(n, base, foreach=True)).total
         )
-    assert extra[0] == extra[1], extra
+    # AdamW: as Adam above (its own foreach step skips torch's 2 host reads per tensor).
+    assert extra[1] == extra[0] - (2 * 90 if cls is warmopt.AdamW else 0), extra
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_no_host_sync_beyond_torchs_own(mode: str) -> None:
     """torch's foreach Adam reads each CPU ``step`` on the host (by design: no device involved);
-    its fused path reads nothing. warmopt must add no read of its own in either."""
+    its fused path reads nothing. warmopt adds no read of its own, and its warming foreach step
+    (its own Adam update) reads none at all."""
     ours = step_ops(*make(50, warmopt.Adam, lr=1e-3, **MODES[mode]))
     theirs = step_ops(*make(50, torch.optim.Adam, lr=1e-3, **MODES[mode]))
-    assert ours.syncs == theirs.syncs
-    if mode == "fused":
-        assert ours.syncs == 0
+    assert ours.syncs == 0
+    assert theirs.syncs == (100 if mode == "foreach" else 0)
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

@@ -27,6 +27,38 @@ SHAPES = [(6, 5), (9,), (), (3, 2, 2)]
 @pytest.mark.parametrize("policy", POLICIES, ids=repr)
 @pytest.mark.parametrize("case,mode", CASE_MODES, ids=str)
 def test_fast_step_matches_reference(case: Case, mode: str, policy: warmopt.WarmupPolicy) -> None:
+    _run_against_reference(case, mode, policy)
+
+
+@pytest.mark.parametrize("policy", [warmopt.Measured(), warmopt.RAdamRectification()], ids=repr)
+@pytest.mark.parametrize(
+    "case", [c for c, m in CASE_MODES if m == "foreach" and c.base != "rmsprop"], ids=str
+)
+def test_device_scalar_foreach_adam_matches_reference(
+    case: Case, policy: warmopt.WarmupPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The foreach Adam step meant for accelerators (step size as 0-d device divisors, nothing
+    read on the host), run on the CPU; RAdam's scale 0 in its first steps must step by exactly 0."""
+    monkeypatch.setattr(warmopt._step, "HOST_SCALARS_ON_CPU", False)
+    _run_against_reference(case, "foreach", policy)
+
+
+def test_device_scalar_path_steps_by_exactly_zero_at_scale_zero(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sigma = 0 with v = 0 would be 0/0 in the folded denominator: it must give p unchanged."""
+    monkeypatch.setattr(warmopt._step, "HOST_SCALARS_ON_CPU", False)
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.0, 3.0]))
+    opt = warmopt.Adam([p], lr=1.0, foreach=True, warmup=warmopt.RAdamRectification())
+    for _ in range(5):  # RAdam's rectification is 0 for the first 5 steps at beta2 = 0.999
+        p.grad = torch.tensor([0.5, 0.0, 0.0, -1.0])  # two coordinates with v = 0 throughout
+        opt.step()
+        assert float(opt.warmup_scale[0][0]) == 0.0
+    assert p.tolist() == [1.0, -2.0, 0.0, 3.0]
+    assert torch.isfinite(opt.state[p]["exp_avg"]).all()
+
+
+def _run_against_reference(case: Case, mode: str, policy: warmopt.WarmupPolicy) -> None:
     fast, slow = twins(SHAPES)
     opt = case.warmopt_class()(fast, **case.kwargs, **MODES[mode], warmup=policy)
     ref = ReferenceOptimizer(slow, case.reference_base(), policy, **case.reference_kwargs())

@@ -26,7 +26,7 @@ def _assert_same(a: list[torch.Tensor], b: list[torch.Tensor], opt_a, opt_b) -> 
 @pytest.mark.parametrize("warmup", [None, "constant"])
 def test_trajectory_equals_torch_without_warmup(case: Case, mode: str, warmup) -> None:  # type: ignore[no-untyped-def]
     """warmup=None follows torch exactly; 'constant' (scale 1 through the warm-up machinery:
-    snapshot, stats, lerp by 0) does too."""
+    stats, then snapshot + lerp by 0, or warmopt's own foreach Adam step at scale 1) does too."""
     ours, theirs = twins(SHAPES)
     opt = case.warmopt_class()(ours, **case.kwargs, **MODES[mode], warmup=warmup)
     ref = case.torch_class()(theirs, **case.kwargs, **MODES[mode])
@@ -102,3 +102,27 @@ def test_wrapped_instance_follows_the_same_trajectory() -> None:
         opt.step()
         ref.step()
     _assert_same(ours, theirs, opt, ref)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        c
+        for c, m in CASE_MODES
+        if m == "foreach" and c.base != "rmsprop" and not c.kwargs.get("amsgrad")
+    ],
+    ids=str,
+)
+def test_warming_foreach_adam_is_torch_at_lr_times_scale_bit_for_bit(case: Case) -> None:
+    """warmopt's own foreach Adam step (no snapshot, no lerp) at scale s = min(1, t/4) is
+    torch's foreach step with the group's lr set to lr * s, bit for bit, state included."""
+    ours, theirs = twins(SHAPES)
+    opt = case.warmopt_class()(ours, **case.kwargs, foreach=True, warmup=warmopt.Linear(4))
+    ref = case.torch_class()(theirs, **case.kwargs, foreach=True)
+    lr = ref.param_groups[0]["lr"]
+    for t in range(1, 9):
+        feed([ours, theirs], t)  # no None grads: every tensor's step count is t
+        ref.param_groups[0]["lr"] = lr * min(1.0, t / 4)
+        opt.step()
+        ref.step()
+        _assert_same(ours, theirs, opt, ref)

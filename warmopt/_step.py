@@ -18,8 +18,9 @@ step is small (Sterbenz), so ``s * (p_new - p_old)`` keeps full relative precisi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -28,7 +29,15 @@ from torch.optim.adam import adam
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
 from torch.optim.rmsprop import rmsprop
 
-__all__ = ["Algorithm", "ALGORITHMS", "GroupBatch", "resolve_mode", "run_group"]
+__all__ = [
+    "Algorithm",
+    "ALGORITHMS",
+    "GroupBatch",
+    "resolve_mode",
+    "run_group",
+    "scaled_adam_ok",
+    "scaled_adam_foreach",
+]
 
 
 @dataclass
@@ -219,6 +228,21 @@ def resolve_mode(group: dict[str, Any], params: list[Tensor]) -> str:
     return "foreach" if foreach else "single"
 
 
+def split_to(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """The entries of ``vector`` as 0-d tensors on the devices of ``like`` (same order)."""
+    devices = {t.device for t in like}
+    if len(devices) == 1:
+        (dev,) = devices
+        return list(vector.to(dev, non_blocking=True).unbind(0))
+    out: list[Tensor] = [vector] * len(like)
+    for dev in devices:
+        idx = [i for i, t in enumerate(like) if t.device == dev]
+        part = vector[torch.tensor(idx, device=vector.device)].to(dev, non_blocking=True)
+        for i, t in zip(idx, part.unbind(0)):
+            out[i] = t
+    return out
+
+
 def _real(ts: list[Tensor]) -> list[Tensor]:
     return [torch.view_as_real(t) if torch.is_complex(t) else t for t in ts]
 
@@ -257,3 +281,140 @@ def run_group(
     algorithm.update(group, batch, grad_scale, found_inf)
     # 0-d tensor weights broadcast, like capturable Adam's per-tensor step sizes
     torch._foreach_lerp_(_real(params), _real(old), keep)
+
+
+# ---------------------------------------------------------------- foreach Adam at lr * s, no copy
+
+#: Dtypes whose range is float32's or wider: ``(sqrt(v) / sqrt(b2) + eps) / |sigma|`` cannot
+#: overflow unless the step it divides is negligible (float16 can: its max is 65504).
+_FOLD_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+def scaled_adam_ok(
+    algorithm: Algorithm,
+    group: dict[str, Any],
+    batch: GroupBatch,
+    mode: str,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> bool:
+    """Whether ``scaled_adam_foreach`` can run this group's warming step (else snapshot + lerp).
+
+    Adam/AdamW in foreach mode with float ``lr`` and betas, no ``amsgrad``, ``differentiable`` or
+    ``capturable``, no GradScaler tensors (torch's foreach Adam takes none), on
+    float32/float64/bfloat16 tensors (complex ones as their real views).
+    """
+    return (
+        algorithm is ADAM
+        and mode == "foreach"
+        and not group["amsgrad"]
+        and not group["differentiable"]
+        and not group["capturable"]
+        and not isinstance(group["lr"], Tensor)
+        and grad_scale is None
+        and found_inf is None
+        and not any(isinstance(b, Tensor) for b in group["betas"])
+        and all(
+            (torch.view_as_real(p) if torch.is_complex(p) else p).dtype in _FOLD_DTYPES
+            for p in batch.params
+        )
+    )
+
+
+#: Take the host-scalar path for CPU tensors (tests switch it off to run the device path on CPU).
+HOST_SCALARS_ON_CPU = True
+
+
+def _device_factors(
+    group: dict[str, Any], scale: Tensor, step: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Per-tensor factors of Adam's step at ``lr * scale`` as device tensors (no host read).
+
+    With :math:`\sigma = -\mathrm{lr}\,s/(1-\beta_1^t)` torch's step is
+    :math:`p \mathrel{+}= \sigma\, m / (\sqrt v/\sqrt{b_2} + \epsilon)`, which is
+    ``addcdiv(p, m, sqrt(v) / A + B)`` with :math:`A = \sqrt{b_2}\,\sigma` and
+    :math:`B = \epsilon/\sigma`: the same four passes over ``v`` as torch's step, with the scale
+    riding in the 0-d divisors (torch's capturable Adam divides by its step size the same way).
+    Where :math:`\sigma` is 0 (or ``A`` underflows) ``A = B = inf`` makes the denominator inf and
+    the step exactly 0 instead of 0/0. The third factor is decoupled weight decay's
+    :math:`1 - \mathrm{lr}\,s\,\mathrm{wd}`. 1-D float32 on ``scale``'s device.
+    """
+    beta1, beta2 = group["betas"]
+    lr = group["lr"]
+    lr = lr.to(scale.device, torch.float64) if isinstance(lr, Tensor) else float(lr)
+    s = scale.double()
+    sigma = -lr * s / (1 - float(beta1) ** step)
+    div = (torch.sqrt(1 - float(beta2) ** step) * sigma).float()
+    add = (float(group["eps"]) / sigma).float()
+    zero = (div == 0) | (sigma == 0)
+    inf = torch.full_like(div, math.inf)
+    div, add = torch.where(zero, inf, div), torch.where(zero, inf, add)
+    decay = (1 - lr * s * float(group["weight_decay"])).float()
+    return div, add, decay
+
+
+def scaled_adam_foreach(
+    group: dict[str, Any], batch: GroupBatch, scale: Tensor, step: Tensor
+) -> None:
+    """torch's foreach Adam/AdamW step at ``lr * s`` per tensor, with no parameter copy.
+
+    ``scale`` and ``step`` (the step counts after this step's increment) hold one entry per
+    tensor of ``batch``, on one device. The ops are those of ``torch.optim.adam._multi_tensor_adam``
+    (foreach, not capturable), in the same order:
+
+    * scales on the CPU: the same host scalars too, built the way torch builds them, with
+      ``lr * s`` for ``lr`` (reading a CPU tensor is no device sync). This is torch's step at
+      ``lr * s`` bit for bit, and torch's own step at ``s = 1``.
+    * scales on a device: the per-tensor step size enters as 0-d device divisors
+      (``_device_factors``), so nothing is read on the host; equal to torch's step up to the
+      rounding of those factors.
+
+    Either way there is no snapshot + lerp (about 20 bytes per parameter on the fallback path)
+    and no extra pass.
+    """
+    beta1, beta2 = (float(b) for b in group["betas"])
+    wd = float(group["weight_decay"])
+    eps = float(group["eps"])
+    decoupled = bool(group["decoupled_weight_decay"])
+    host = HOST_SCALARS_ON_CPU and scale.device.type == "cpu"
+    if host:
+        lr = float(group["lr"])
+        s_host, t_host = scale.tolist(), step.tolist()
+        sigma = [(lr * s / (1 - beta1**t)) * -1 for s, t in zip(s_host, t_host)]
+        bc2_sqrt: list[Any] = [(1 - beta2**t) ** 0.5 for t in t_host]
+        decay: list[Any] = [1 - lr * s * wd for s in s_host]
+    else:
+        div_v, add_v, decay_v = _device_factors(group, scale, step)
+        bc2_sqrt, sigma = split_to(div_v, batch.params), split_to(add_v, batch.params)
+        decay = split_to(decay_v, batch.params) if decoupled and wd != 0 else []
+    lists: list[list[Tensor | None]] = [
+        list(batch.params),
+        list(batch.grads),
+        list(batch.buffers["exp_avgs"]),
+        list(batch.buffers["exp_avg_sqs"]),
+        list(batch.state_steps),
+    ]
+    grouped = Optimizer._group_tensors_by_device_and_dtype(lists, with_indices=True)
+    for bucket, idx in grouped.values():
+        params, grads, exp_avgs, exp_avg_sqs = (_real(cast(list[Tensor], t)) for t in bucket[:4])
+        steps = cast(list[Tensor], bucket[4])
+        if group["maximize"]:
+            grads = list(torch._foreach_neg(grads))
+        torch._foreach_add_(steps, 1.0)
+        if wd != 0:
+            if decoupled:
+                torch._foreach_mul_(params, [decay[i] for i in idx])
+            else:
+                grads = list(torch._foreach_add(grads, params, alpha=wd))
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        del grads
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, [bc2_sqrt[i] for i in idx])
+        if host:
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(params, exp_avgs, denom, [sigma[i] for i in idx])
+        else:  # bc2_sqrt holds A = sqrt(b2) sigma and sigma holds B = eps / sigma here
+            torch._foreach_add_(denom, [sigma[i] for i in idx])
+            torch._foreach_addcdiv_(params, exp_avgs, denom)

@@ -27,7 +27,18 @@ from torch.optim import Adam, Optimizer
 from torch.optim.optimizer import ParamsT, _use_grad_for_differentiable
 
 from . import _stats
-from ._step import ALGORITHMS, RMSPROP, Algorithm, GroupBatch, _real, resolve_mode, run_group
+from ._step import (
+    ALGORITHMS,
+    RMSPROP,
+    Algorithm,
+    GroupBatch,
+    _real,
+    resolve_mode,
+    run_group,
+    scaled_adam_foreach,
+    scaled_adam_ok,
+    split_to,
+)
 from .policies import Statistics, WarmupPolicy, resolve_policy
 
 __all__ = ["WarmupOptimizer", "GRANULARITIES"]
@@ -92,24 +103,9 @@ def _stack_to(tensors: list[Tensor], device: torch.device) -> Tensor:
     return out
 
 
-def _split_to(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
-    """The entries of ``vector`` as 0-d tensors on the devices of ``like`` (same order)."""
-    devices = {t.device for t in like}
-    if len(devices) == 1:
-        (dev,) = devices
-        return list(vector.to(dev, non_blocking=True).unbind(0))
-    out: list[Tensor] = [vector] * len(like)
-    for dev in devices:
-        idx = [i for i, t in enumerate(like) if t.device == dev]
-        part = vector[torch.tensor(idx, device=vector.device)].to(dev, non_blocking=True)
-        for i, t in zip(idx, part.unbind(0)):
-            out[i] = t
-    return out
-
-
 def _write(vector: Tensor, targets: list[Tensor]) -> None:
     """Copy the entries of ``vector`` into the 0-d tensors ``targets`` (foreach, per device)."""
-    torch._foreach_copy_(targets, _split_to(vector, targets))
+    torch._foreach_copy_(targets, split_to(vector, targets))
 
 
 class WarmupOptimizer(Optimizer):
@@ -318,12 +314,22 @@ class WarmupOptimizer(Optimizer):
         found_inf = getattr(self, "found_inf", None)
         batches = [self._algorithm.init_group(self, g) for g in self.param_groups]
         modes = [resolve_mode(g, b.params) for g, b in zip(self.param_groups, batches)]
-        keeps: list[list[Tensor]] | None = None
+        warm = None
         if self.warmup is not None:
-            keeps = self._advance_warmup(batches, modes, grad_scale, found_inf)
-        for i, (group, batch) in enumerate(zip(self.param_groups, batches)):
-            keep = None if keeps is None else keeps[i]
-            run_group(self._algorithm, group, batch, modes[i], keep, grad_scale, found_inf)
+            warm = self._advance_warmup(batches, modes, grad_scale, found_inf)
+        start = 0
+        for group, batch, mode in zip(self.param_groups, batches, modes):
+            n = len(batch.params)
+            if warm is None or n == 0:
+                run_group(self._algorithm, group, batch, mode, None, grad_scale, found_inf)
+                continue
+            scale, step = warm[0][start : start + n], warm[1][start : start + n]
+            start += n
+            if scaled_adam_ok(self._algorithm, group, batch, mode, grad_scale, found_inf):
+                scaled_adam_foreach(group, batch, scale, step)
+            else:
+                keep = split_to((1.0 - scale).float(), batch.params)
+                run_group(self._algorithm, group, batch, mode, keep, grad_scale, found_inf)
         return loss
 
     def _advance_warmup(
@@ -332,8 +338,9 @@ class WarmupOptimizer(Optimizer):
         modes: list[str],
         grad_scale: Tensor | None,
         found_inf: Tensor | None,
-    ) -> list[list[Tensor]] | None:
-        """Update every warm-up scale for this step; return ``1 - scale`` per group and tensor.
+    ) -> tuple[Tensor, Tensor] | None:
+        """Update every warm-up scale for this step; return the scales and step counts (after
+        this step's increment) of all tensors with a gradient, in group order, on one device.
 
         Returns ``None`` once every scale is known (on the host, without a sync) to be 1 and the
         policy cannot fall again: the step is then exactly torch's.
@@ -367,7 +374,8 @@ class WarmupOptimizer(Optimizer):
 
         params = [p for b in batches for p in b.params]
         if not params:
-            return [[] for _ in batches]
+            empty = torch.zeros(0, dtype=torch.float64)
+            return empty, empty
         home = params[0].device
         states = [self.state[p] for p in params]
         # step and beta in float64: 1 - beta must be exact for the closed forms (float32 0.999 gives
@@ -413,14 +421,7 @@ class WarmupOptimizer(Optimizer):
         if not policy.can_fall:
             self._done_flag.publish((new["scale"] >= 1.0).all())
 
-        keep_all = (1.0 - new["scale"]).float()
-        keeps: list[list[Tensor]] = []
-        start = 0
-        for b in batches:
-            stop = start + len(b.params)
-            keeps.append(_split_to(keep_all[start:stop], b.params) if b.params else [])
-            start = stop
-        return keeps
+        return new["scale"], step
 
     def _measure(
         self,
