@@ -74,6 +74,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import itertools
 import json
 import os
 import platform
@@ -644,7 +645,9 @@ def evaluate_targets(
                         if r["optimizer"] == algo.name and r["mode"] == mode
                         and r["variant"] == variant
                     ]  # fmt: skip
-                    if extra and max(extra) != min(extra):
+                    # Fewer extra ops for more tensors is not growth: warmopt's own foreach
+                    # Adam step skips torch's per-tensor host reads of ``step``.
+                    if any(b > a for a, b in itertools.pairwise(extra)):
                         growth.append(f"{algo.name}/{mode}/{variant} {extra}")
         targets.append(
             {
@@ -653,10 +656,10 @@ def evaluate_targets(
                 "worst": len(growth),
                 "worst_at": "; ".join(growth) if growth else "-",
                 "met": not growth,
-                "detail": "extra ops (warmopt - torch) at each tensor count; listed where unequal",
+                "detail": "extra ops (warmopt - torch) per tensor count; listed where they grow",
             }
         )
-    added = [r for r in ops if r["variant"] != "torch" and r["extra_syncs"] != 0]
+    added = [r for r in ops if r["variant"] != "torch" and r["extra_syncs"] > 0]
     targets.append(
         {
             "target": "0 host syncs added",
@@ -668,7 +671,8 @@ def evaluate_targets(
             )
             or "-",
             "met": not added,
-            "detail": "syncs(warmopt) - syncs(torch) for every optimizer, mode, tensor count",
+            "detail": "syncs(warmopt) - syncs(torch) > 0 for any optimizer, mode, tensor count "
+            "(negative: warmopt's foreach Adam skips torch's host reads of CPU step counts)",
         }
     )
     return targets

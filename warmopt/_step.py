@@ -14,6 +14,10 @@ multiplies. ``s`` is a per-tensor 0-d device tensor, so the scale costs no host 
 recompile; ``p_old`` is a transient copy (per tensor in single-tensor mode, per bucket otherwise),
 never a persistent buffer. The error is one rounding of ``p``: ``p_new - p_old`` is exact when the
 step is small (Sterbenz), so ``s * (p_new - p_old)`` keeps full relative precision.
+
+Adam/AdamW in foreach mode (the common case) skip the copy and the lerp: ``scaled_adam_foreach``
+runs torch's foreach step itself with a per-tensor step size, bit for bit torch's step at
+``lr * s`` on the CPU (see its docstring and docs/warmup.md, "Cost").
 """
 
 from __future__ import annotations
