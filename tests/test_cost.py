@@ -79,3 +79,19 @@ def test_warmup_machinery_restarts_for_a_new_group() -> None:
     opt.step()
     assert float(opt.warmup_scale[1][0]) == 0.5
     assert float(opt.warmup_scale[0][0]) == 1.0
+
+
+def test_fused_large_tensors_take_one_fused_call_each() -> None:
+    """Fused mode while warming: each tensor of at least FUSED_PER_TENSOR_MIN elements costs
+    exactly two dispatched ops of its own (the step increment and its fused kernel) instead of a
+    share of the copy + lerp; small tensors keep a constant op count (tests above)."""
+    size = warmopt._step.FUSED_PER_TENSOR_MIN
+
+    def ops(n_large: int) -> int:
+        params = [torch.nn.Parameter(torch.zeros(8)) for _ in range(5)]
+        params += [torch.nn.Parameter(torch.zeros(size)) for _ in range(n_large)]
+        opt = warmopt.Adam(params, lr=1e-3, fused=True)
+        return step_ops(opt, params).total
+
+    counts = [ops(k) for k in (1, 2, 4)]
+    assert counts[1] - counts[0] == 2 and counts[2] - counts[1] == 4, counts

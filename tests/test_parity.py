@@ -126,3 +126,25 @@ def test_warming_foreach_adam_is_torch_at_lr_times_scale_bit_for_bit(case: Case)
         opt.step()
         ref.step()
         _assert_same(ours, theirs, opt, ref)
+
+
+@pytest.mark.parametrize(
+    "case", [c for c, m in CASE_MODES if m == "fused" and c.base != "rmsprop"], ids=str
+)
+def test_warming_fused_adam_per_tensor_is_torch_at_lr_times_scale_bit_for_bit(
+    case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fused mode steps each tensor of at least FUSED_PER_TENSOR_MIN elements by its own fused
+    call at lr * s (no copy, no lerp): torch's fused step at that lr, bit for bit. The threshold
+    is lowered so that every tensor here takes that path."""
+    monkeypatch.setattr(warmopt._step, "FUSED_PER_TENSOR_MIN", 1)
+    ours, theirs = twins(SHAPES)
+    opt = case.warmopt_class()(ours, **case.kwargs, fused=True, warmup=warmopt.Linear(4))
+    ref = case.torch_class()(theirs, **case.kwargs, fused=True)
+    lr = ref.param_groups[0]["lr"]
+    for t in range(1, 9):
+        feed([ours, theirs], t)
+        ref.param_groups[0]["lr"] = lr * min(1.0, t / 4)
+        opt.step()
+        ref.step()
+        _assert_same(ours, theirs, opt, ref)

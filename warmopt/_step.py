@@ -41,6 +41,8 @@ __all__ = [
     "run_group",
     "scaled_adam_ok",
     "scaled_adam_foreach",
+    "fused_large",
+    "scaled_adam_fused_each",
 ]
 
 
@@ -65,12 +67,16 @@ class GroupBatch:
 
     def subset(self, i: int) -> GroupBatch:
         """The batch of tensor ``i`` alone (single-tensor mode)."""
+        return self.select([i])
+
+    def select(self, idx: list[int]) -> GroupBatch:
+        """The batch of tensors ``idx`` (buffer lists that are empty, e.g. no amsgrad, stay so)."""
         return GroupBatch(
-            params=[self.params[i]],
-            grads=[self.grads[i]],
-            buffers={k: v[i : i + 1] for k, v in self.buffers.items()},
-            state_steps=[self.state_steps[i]],
-            has_complex=torch.is_complex(self.params[i]),
+            params=[self.params[i] for i in idx],
+            grads=[self.grads[i] for i in idx],
+            buffers={k: [v[i] for i in idx] if v else [] for k, v in self.buffers.items()},
+            state_steps=[self.state_steps[i] for i in idx],
+            has_complex=any(torch.is_complex(self.params[i]) for i in idx),
         )
 
 
@@ -422,3 +428,81 @@ def scaled_adam_foreach(
         else:  # bc2_sqrt holds A = sqrt(b2) sigma and sigma holds B = eps / sigma here
             torch._foreach_add_(denom, [sigma[i] for i in idx])
             torch._foreach_addcdiv_(params, exp_avgs, denom)
+
+
+# ------------------------------------------------ fused Adam at lr * s: one call per large tensor
+
+#: Fused mode: tensors with at least this many elements are stepped by one fused call each at their
+#: own ``lr * s`` (no copy, no lerp); smaller ones share one call and the snapshot + lerp.
+FUSED_PER_TENSOR_MIN = 1 << 16
+
+
+def fused_large(
+    algorithm: Algorithm, group: dict[str, Any], batch: GroupBatch, mode: str
+) -> list[int]:
+    """Indices of the tensors that ``scaled_adam_fused_each`` steps (empty if none can be)."""
+    if algorithm is not ADAM or mode != "fused" or isinstance(group["lr"], Tensor):
+        return []
+    return [
+        i
+        for i, p in enumerate(batch.params)
+        if p.numel() >= FUSED_PER_TENSOR_MIN and not torch.is_complex(p)
+    ]
+
+
+def scaled_adam_fused_each(
+    group: dict[str, Any],
+    batch: GroupBatch,
+    scale: Tensor,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """torch's fused Adam/AdamW kernel once per tensor, each at its own ``lr * s``.
+
+    What ``torch.optim.adam._fused_adam`` does for a list, for one tensor at a time: increment
+    ``step``, run ``_fused_adam_``/``_fused_adamw_`` (unscaling by ``grad_scale`` and skipping on
+    ``found_inf`` inside the kernel), and take the increment back where ``found_inf``. With the
+    scales on the CPU ``lr * s`` is a host float, so this is torch's fused step at ``lr * s`` bit
+    for bit; on an accelerator it is a 0-d device tensor (the kernel's ``tensor_lr`` overload; no
+    host read). Two dispatched ops per tensor: meant for tensors large enough
+    (``FUSED_PER_TENSOR_MIN``) that a kernel per tensor costs less than the copy and lerp.
+    """
+    beta1, beta2 = group["betas"]
+    lr = float(group["lr"])
+    lrs: list[Any]
+    if scale.device.type == "cpu":
+        lrs = [lr * s for s in scale.tolist()]
+    else:
+        lrs = split_to((lr * scale.double()).float(), batch.params)
+    func = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+    on_device: dict[torch.device, tuple[Tensor | None, Tensor | None]] = {}
+    amsgrad = bool(group["amsgrad"])
+    for i, p in enumerate(batch.params):
+        dev = p.device
+        if dev not in on_device:
+            on_device[dev] = (
+                None if grad_scale is None else grad_scale.to(dev, non_blocking=True),
+                None if found_inf is None else found_inf.to(dev, non_blocking=True),
+            )
+        gs, fi = on_device[dev]
+        step = batch.state_steps[i]
+        torch._foreach_add_([step], 1)
+        func(
+            [p],
+            [batch.grads[i]],
+            [batch.buffers["exp_avgs"][i]],
+            [batch.buffers["exp_avg_sqs"][i]],
+            [batch.buffers["max_exp_avg_sqs"][i]] if amsgrad else [],
+            [step],
+            amsgrad=amsgrad,
+            lr=lrs[i],
+            beta1=float(beta1),
+            beta2=float(beta2),
+            weight_decay=float(group["weight_decay"]),
+            eps=float(group["eps"]),
+            maximize=bool(group["maximize"]),
+            grad_scale=gs,
+            found_inf=fi,
+        )
+        if fi is not None:
+            torch._foreach_sub_([step], [fi])

@@ -34,9 +34,11 @@ from ._step import (
     Algorithm,
     GroupBatch,
     _real,
+    fused_large,
     resolve_mode,
     run_group,
     scaled_adam_foreach,
+    scaled_adam_fused_each,
     scaled_adam_ok,
     split_to,
 )
@@ -328,9 +330,19 @@ class WarmupOptimizer(Optimizer):
             start += n
             if scaled_adam_ok(self._algorithm, group, batch, mode, grad_scale, found_inf):
                 scaled_adam_foreach(group, batch, scale, step)
-            else:
-                keep = split_to((1.0 - scale).float(), batch.params)
-                run_group(self._algorithm, group, batch, mode, keep, grad_scale, found_inf)
+                continue
+            large = fused_large(self._algorithm, group, batch, mode)
+            if large:
+                rest = sorted(set(range(n)) - set(large))
+                pick = torch.tensor(large + rest).to(scale.device, non_blocking=True)
+                picked = scale[pick]
+                scale_large, scale = picked[: len(large)], picked[len(large) :]
+                scaled_adam_fused_each(
+                    group, batch.select(large), scale_large, grad_scale, found_inf
+                )
+                batch = batch.select(rest)
+            keep = split_to((1.0 - scale).float(), batch.params)
+            run_group(self._algorithm, group, batch, mode, keep, grad_scale, found_inf)
         return loss
 
     def _advance_warmup(
