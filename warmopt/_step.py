@@ -76,7 +76,7 @@ class GroupBatch:
             grads=[self.grads[i] for i in idx],
             buffers={k: [v[i] for i in idx] if v else [] for k, v in self.buffers.items()},
             state_steps=[self.state_steps[i] for i in idx],
-            has_complex=any(torch.is_complex(self.params[i]) for i in idx),
+            has_complex=self.has_complex and any(torch.is_complex(self.params[i]) for i in idx),
         )
 
 
@@ -290,7 +290,8 @@ def run_group(
     old = list(torch._foreach_mul(params, 1.0))
     algorithm.update(group, batch, grad_scale, found_inf)
     # 0-d tensor weights broadcast, like capturable Adam's per-tensor step sizes
-    torch._foreach_lerp_(_real(params), _real(old), keep)
+    real = _real if batch.has_complex else list
+    torch._foreach_lerp_(real(params), real(old), keep)
 
 
 # ---------------------------------------------------------------- foreach Adam at lr * s, no copy
@@ -325,7 +326,8 @@ def scaled_adam_ok(
         and found_inf is None
         and not any(isinstance(b, Tensor) for b in group["betas"])
         and all(
-            (torch.view_as_real(p) if torch.is_complex(p) else p).dtype in _FOLD_DTYPES
+            (torch.view_as_real(p) if batch.has_complex and torch.is_complex(p) else p).dtype
+            in _FOLD_DTYPES
             for p in batch.params
         )
     )
@@ -406,7 +408,8 @@ def scaled_adam_foreach(
     ]
     grouped = Optimizer._group_tensors_by_device_and_dtype(lists, with_indices=True)
     for bucket, idx in grouped.values():
-        params, grads, exp_avgs, exp_avg_sqs = (_real(cast(list[Tensor], t)) for t in bucket[:4])
+        real = _real if batch.has_complex else list
+        params, grads, exp_avgs, exp_avg_sqs = (real(cast(list[Tensor], t)) for t in bucket[:4])
         steps = cast(list[Tensor], bucket[4])
         if group["maximize"]:
             grads = list(torch._foreach_neg(grads))
@@ -446,7 +449,7 @@ def fused_large(
     return [
         i
         for i, p in enumerate(batch.params)
-        if p.numel() >= FUSED_PER_TENSOR_MIN and not torch.is_complex(p)
+        if p.numel() >= FUSED_PER_TENSOR_MIN and not (batch.has_complex and torch.is_complex(p))
     ]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -109,6 +110,14 @@ def _stack_to(tensors: list[Tensor], device: torch.device) -> Tensor:
 def _write(vector: Tensor, targets: list[Tensor]) -> None:
     """Copy the entries of ``vector`` into the 0-d tensors ``targets`` (foreach, per device)."""
     torch._foreach_copy_(targets, split_to(vector, targets))
+
+
+@dataclass
+class _FlatState:
+    """Warm-up state laid out as one vector per key; ``entries`` are its 0-d views, in order."""
+
+    vectors: dict[str, Tensor]
+    entries: dict[str, list[Tensor]]
 
 
 class WarmupOptimizer(Optimizer):
@@ -233,6 +242,7 @@ class WarmupOptimizer(Optimizer):
         self._done_state_count = -1
         self._done_flag = _HostFlag()
         self._warm_calls = 0
+        self._flat: _FlatState | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -256,6 +266,7 @@ class WarmupOptimizer(Optimizer):
         self._done_state_count = -1
         self._done_flag = _HostFlag()
         self._warm_calls = 0
+        self._flat = None
 
     @torch._disable_dynamo  # type: ignore[attr-defined]
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -284,6 +295,7 @@ class WarmupOptimizer(Optimizer):
         self._warmup_done = False
         self._done_flag.reset()
         self._warm_calls = 0
+        self._flat = None
 
     def _restore_warmup_state(self, state_dict: dict[str, Any]) -> None:
         """Copy the saved ``warmup_*`` entries into the state as float32 (torch cast them)."""
@@ -399,7 +411,12 @@ class WarmupOptimizer(Optimizer):
             [len(b.params) for b in batches],
             home,
         )
-        old = {k: _stack_to([s[_PREFIX + k] for s in states], home) for k in keys}
+        current = {k: [s[_PREFIX + k] for s in states] for k in keys}
+        flat = self._flat_state(states, current, home)
+        if flat is not None:
+            old = dict(flat.vectors)
+        else:
+            old = {k: _stack_to(current[k], home) for k in keys}
         stats = None
         if policy.needs_statistics:
             every = int(getattr(policy, "measure_every", 1))
@@ -430,11 +447,46 @@ class WarmupOptimizer(Optimizer):
             skipped = found_inf.to(home, torch.float32, non_blocking=True) > 0
             new = {k: torch.where(skipped, old[k], v) for k, v in new.items()}
         for key in keys:
-            _write(new[key], [s[_PREFIX + key] for s in states])
+            if flat is not None:
+                flat.vectors[key].copy_(new[key])  # the state entries are views of it
+            else:
+                _write(new[key], current[key])
         if not policy.can_fall:
             self._done_flag.publish((new["scale"] >= 1.0).all())
 
         return new["scale"], step
+
+    def _flat_state(
+        self,
+        states: list[dict[str, Any]],
+        current: dict[str, list[Tensor]],
+        home: torch.device,
+    ) -> _FlatState | None:
+        """One float32 vector per warm-up key, whose entries *are* the 0-d ``warmup_*`` state
+        tensors of ``states`` (views), so a step reads and writes each key with one op instead of
+        a stack and a copy per tensor.
+
+        Re-laid out whenever the state tensors are not the views of the last layout (first
+        step, a new tensor, a different set of tensors with gradients, a loaded checkpoint), by
+        copying their values into a fresh vector and storing its views in the state; ``None``
+        (stack and copy, per tensor) when they live on more than one device.
+        """
+        cached = self._flat
+        if cached is not None and all(
+            len(cached.entries[k]) == len(ts) and all(a is b for a, b in zip(cached.entries[k], ts))
+            for k, ts in current.items()
+        ):
+            return cached
+        if any(t.device != home for t in next(iter(current.values()))):
+            self._flat = None
+            return None
+        vectors = {k: torch.stack(ts).to(torch.float32) for k, ts in current.items()}
+        entries = {k: list(v.unbind(0)) for k, v in vectors.items()}
+        for k, views in entries.items():
+            for st, view in zip(states, views):
+                st[_PREFIX + k] = view
+        self._flat = _FlatState(vectors, entries)
+        return self._flat
 
     def _measure(
         self,
@@ -467,12 +519,13 @@ class WarmupOptimizer(Optimizer):
             if n == 0:
                 continue
             decay = self._algorithm.coupled_decay(group)
-            grads = _local_shards(_real(batch.grads))
-            sqs = _local_shards(_real(batch.second_moments))
-            ps = _local_shards(_real(batch.params))
+            real = _real if batch.has_complex else list
+            grads = _local_shards(real(batch.grads))
+            sqs = _local_shards(real(batch.second_moments))
+            ps = _local_shards(real(batch.params))
             if size is not None:
                 cut = [
-                    not _is_dtensor(g0) and g.numel() > size for g0, g in zip(batch.grads, grads)
+                    g.numel() > size and not _is_dtensor(g0) for g0, g in zip(batch.grads, grads)
                 ]
                 if any(cut):
                     grads, sqs, ps = (
@@ -522,10 +575,17 @@ class WarmupOptimizer(Optimizer):
     def _counts(batches: list[GroupBatch], home: torch.device, size: int | None = None) -> Tensor:
         """Real coordinates measured per tensor (complex counts twice), float32 on ``home``:
         all of them, or at most ``size`` for plain (non-DTensor) tensors."""
-        counts = [g.numel() * (2 if torch.is_complex(g) else 1) for b in batches for g in b.grads]
+        counts = [
+            g.numel() * (2 if b.has_complex and torch.is_complex(g) else 1)
+            for b in batches
+            for g in b.grads
+        ]
         if size is not None:
             grads = [g for b in batches for g in b.grads]
-            counts = [n if _is_dtensor(g) else min(n, size) for n, g in zip(counts, grads)]
+            counts = [
+                min(n, size) if n <= size or not _is_dtensor(g) else n
+                for n, g in zip(counts, grads)
+            ]
         return torch.tensor(counts, dtype=torch.float32).to(home, non_blocking=True)
 
     def _units(self, batches: list[GroupBatch], home: torch.device) -> tuple[Tensor | None, int]:
