@@ -8,7 +8,7 @@ import torch
 
 import warmopt
 
-from .opcount import make, step_ops
+from .opcount import OpCounter, make, step_ops
 
 MODES = {"fused": {"fused": True}, "foreach": {"foreach": True}}
 POLICIES = ["measured", "radam", "untuned_linear"]
@@ -90,8 +90,26 @@ def test_fused_large_tensors_take_one_fused_call_each() -> None:
     def ops(n_large: int) -> int:
         params = [torch.nn.Parameter(torch.zeros(8)) for _ in range(5)]
         params += [torch.nn.Parameter(torch.zeros(size)) for _ in range(n_large)]
-        opt = warmopt.Adam(params, lr=1e-3, fused=True)
+        # sample=None: measured whole, so the count is not mixed with the window views
+        opt = warmopt.Adam(params, lr=1e-3, fused=True, warmup=warmopt.Measured(sample=None))
         return step_ops(opt, params).total
 
     counts = [ops(k) for k in (1, 2, 4)]
     assert counts[1] - counts[0] == 2 and counts[2] - counts[1] == 4, counts
+
+
+def test_sampling_windows_are_views_not_kernels() -> None:
+    """A tensor above ``sample`` is measured through views of its window: the ops it adds are
+    view ops (metadata, no kernel, no copy), three lists (g, v, p) times reshape + slice."""
+
+    def ops(n_large: int) -> OpCounter:
+        params = [torch.nn.Parameter(torch.zeros(8)) for _ in range(5)]
+        params += [torch.nn.Parameter(torch.zeros(64)) for _ in range(n_large)]
+        opt = warmopt.Adam(params, lr=1e-3, foreach=True, warmup=warmopt.Measured(sample=16))
+        return step_ops(opt, params)
+
+    one, three = ops(1), ops(3)
+    added = {k: three.ops.get(k, 0) - one.ops.get(k, 0) for k in three.ops}
+    added = {k: v for k, v in added.items() if v}
+    assert set(added) == {"aten.view", "aten.slice"}, added
+    assert sum(added.values()) == 2 * 6, added

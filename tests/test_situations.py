@@ -374,3 +374,31 @@ def test_load_state_dict_post_hook_sees_and_keeps_float32_warmup_state() -> None
     twin.load_state_dict(saved)
     assert seen[0].dtype == torch.float32 and torch.equal(seen[0], exact)
     assert float(twin.state[q]["warmup_confidence"]) == 1.0
+
+
+@pytest.mark.parametrize("how", ["in_place", "replaced"])
+def test_warmup_state_written_by_the_user_is_what_the_next_step_reads(how: str) -> None:
+    """The warmup_* entries are views of one vector per key (one op per key and step); writing
+    into an entry, or replacing it with a new tensor (as a checkpoint loader does), must both
+    reach the policy on the next step, and the other tensors must be unaffected."""
+    ps = [torch.nn.Parameter(torch.randn(6)) for _ in range(3)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt, ref = warmopt.Adam(ps, lr=1e-3), warmopt.Adam(twins, lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    for t in range(4):
+        for a, b in zip(ps, twins):
+            a.grad = torch.randn(6, generator=gen)
+            b.grad = a.grad.clone()
+        opt.step()
+        ref.step()
+        if t == 1:
+            if how == "in_place":
+                opt.state[ps[1]]["warmup_confidence"].fill_(1.0)
+            else:
+                opt.state[ps[1]]["warmup_confidence"] = torch.tensor(1.0)
+            assert float(opt.warmup_scale[0][1]) < 0.5  # not yet: the scale is the last step's
+    scales, ref_scales = opt.warmup_scale[0], ref.warmup_scale[0]
+    assert float(scales[1]) == 1.0 and float(ref_scales[1]) < 0.5
+    assert float(scales[0]) == float(ref_scales[0]) and float(scales[2]) == float(ref_scales[2])
+    for i, p in enumerate(ps):  # entries and the reported scales agree
+        assert float(opt.state[p]["warmup_scale"]) == float(scales[i])

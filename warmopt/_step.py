@@ -43,6 +43,8 @@ __all__ = [
     "scaled_adam_foreach",
     "fused_large",
     "scaled_adam_fused_each",
+    "scaled_rmsprop_ok",
+    "scaled_rmsprop_foreach",
 ]
 
 
@@ -509,3 +511,82 @@ def scaled_adam_fused_each(
         )
         if fi is not None:
             torch._foreach_sub_([step], [fi])
+
+
+# ------------------------------------------------------- foreach RMSprop at lr * s, no copy
+
+
+def scaled_rmsprop_ok(
+    algorithm: Algorithm, group: dict[str, Any], batch: GroupBatch, mode: str
+) -> bool:
+    """Whether ``scaled_rmsprop_foreach`` can run this group's warming step (else snapshot + lerp).
+
+    RMSprop in foreach mode without momentum (torch applies a momentum buffer with a single
+    ``alpha``, which has no per-tensor form), ``capturable``, ``differentiable`` or a tensor
+    ``lr``, on float32/float64/bfloat16 tensors (complex ones as their real views).
+    """
+    return (
+        algorithm is RMSPROP
+        and mode == "foreach"
+        and group["momentum"] == 0
+        and not group["differentiable"]
+        and not group["capturable"]
+        and not isinstance(group["lr"], Tensor)
+        and all(
+            (torch.view_as_real(p) if batch.has_complex and torch.is_complex(p) else p).dtype
+            in _FOLD_DTYPES
+            for p in batch.params
+        )
+    )
+
+
+def scaled_rmsprop_foreach(group: dict[str, Any], batch: GroupBatch, scale: Tensor) -> None:
+    """torch's foreach RMSprop step (no momentum) at ``lr * s`` per tensor, with no parameter copy.
+
+    The ops of ``torch.optim.rmsprop._multi_tensor_rmsprop`` in the same order, the last one
+    ``addcdiv(p, g, avg, value=-lr)`` with a per-tensor value: on the CPU the host scalars
+    ``-lr * s`` (torch's step at ``lr * s`` bit for bit), elsewhere ``avg`` divided by the 0-d
+    device tensors ``-lr * s`` first (torch's capturable RMSprop divides by ``-lr`` the same way;
+    at ``s = 0`` that is ``avg / -0 = -inf``, a step of exactly 0, since ``avg >= eps > 0``).
+    """
+    alpha, eps, wd = float(group["alpha"]), float(group["eps"]), float(group["weight_decay"])
+    lr = float(group["lr"])
+    host = HOST_SCALARS_ON_CPU and scale.device.type == "cpu"
+    host_values: list[float] = []
+    device_values: list[Tensor] = []
+    if host:
+        host_values = [-lr * s for s in scale.tolist()]
+    else:
+        device_values = split_to((-lr * scale.double()).float(), batch.params)
+    lists: list[list[Tensor | None]] = [
+        list(batch.params),
+        list(batch.grads),
+        list(batch.buffers["square_avgs"]),
+        list(batch.buffers["grad_avgs"]) if group["centered"] else [None] * len(batch.params),
+        list(batch.state_steps),
+    ]
+    grouped = Optimizer._group_tensors_by_device_and_dtype(lists, with_indices=True)
+    real = _real if batch.has_complex else list
+    for bucket, idx in grouped.values():
+        params, grads, square_avgs = (real(cast(list[Tensor], t)) for t in bucket[:3])
+        steps = cast(list[Tensor], bucket[4])
+        if group["maximize"]:
+            grads = list(torch._foreach_neg(grads))
+        torch._foreach_add_(steps, 1.0)
+        if wd != 0:
+            grads = list(torch._foreach_add(grads, params, alpha=wd))
+        torch._foreach_mul_(square_avgs, alpha)
+        torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
+        if group["centered"]:
+            grad_avgs = real(cast(list[Tensor], bucket[3]))
+            torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
+            avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
+            torch._foreach_sqrt_(avg)
+        else:
+            avg = torch._foreach_sqrt(square_avgs)
+        torch._foreach_add_(avg, eps)
+        if host:
+            torch._foreach_addcdiv_(params, grads, avg, [host_values[i] for i in idx])
+        else:
+            torch._foreach_div_(avg, [device_values[i] for i in idx])
+            torch._foreach_addcdiv_(params, grads, avg)

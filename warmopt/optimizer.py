@@ -41,6 +41,8 @@ from ._step import (
     scaled_adam_foreach,
     scaled_adam_fused_each,
     scaled_adam_ok,
+    scaled_rmsprop_foreach,
+    scaled_rmsprop_ok,
     split_to,
 )
 from .policies import Statistics, WarmupPolicy, resolve_policy
@@ -342,6 +344,9 @@ class WarmupOptimizer(Optimizer):
             start += n
             if scaled_adam_ok(self._algorithm, group, batch, mode, grad_scale, found_inf):
                 scaled_adam_foreach(group, batch, scale, step)
+                continue
+            if scaled_rmsprop_ok(self._algorithm, group, batch, mode):
+                scaled_rmsprop_foreach(group, batch, scale)
                 continue
             large = fused_large(self._algorithm, group, batch, mode)
             if large:

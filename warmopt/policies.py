@@ -189,11 +189,11 @@ class Measured(WarmupPolicy):
             parameter tensor per measured step: a contiguous window of the flattened tensor that
             moves on by ``sample`` coordinates at each measurement (wrapping around), so the
             windows sweep the tensor. :math:`N` above is then the window size, and the sampling
-            error of the window mean, :math:`\sqrt{K/N}` relative (0.6 % for :math:`K = 2`,
-            :math:`N = 65536`), is far below ``tol``; the statistics pass then costs at most
+            error of the window mean, :math:`\sqrt{K/N}` relative (1.1 % for :math:`K = 2`,
+            :math:`N = 16384`), is far below ``tol``; the statistics pass then costs at most
             ``sample`` coordinates per tensor instead of all of them. Tensors of FSDP2 (DTensor)
             parameters are measured whole on each rank's shard. ``None`` measures every
-            coordinate (default: 65536). Windows restart on resume, like ``measure_every``.
+            coordinate (default: 16384). Windows restart on resume, like ``measure_every``.
 
     Example:
         >>> import torch, warmopt
@@ -216,7 +216,7 @@ class Measured(WarmupPolicy):
     kurtosis: bool = True
     prior_kurtosis: float = 32.0
     measure_every: int = 1
-    sample: int | None = 65536
+    sample: int | None = 16384
 
     name: ClassVar[str] = "measured"
     needs_statistics: ClassVar[bool] = True
