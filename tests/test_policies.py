@@ -335,24 +335,23 @@ def test_measure_every_rejects_bad_values(bad: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "n,size,starts",
+    "n,size,every,starts",
     [
-        (10, 4, [0, 4, 6, 0]),  # three windows, the last flush with the end, then around again
-        (8, 4, [0, 4, 0, 4]),
-        (4, 4, [None] * 4),  # not longer than the window: the tensor itself
-        (3, None, [None] * 4),
+        # steps 1..6; three windows of 4 in 10, the last flush with the end, then around again
+        (10, 4, 1, [4, 6, 0, 4, 6, 0]),
+        (8, 4, 1, [4, 0, 4, 0, 4, 0]),
+        (10, 4, 2, [0, 4, 4, 6, 6, 0]),  # measured every 2nd step: consecutive windows
+        (12, 3, 1, [3, 6, 9, 0, 3, 6]),
     ],
 )
-def test_sample_windows_tile_the_tensor(n: int, size: int | None, starts: list[int | None]) -> None:
+def test_sample_windows_tile_the_tensor(n: int, size: int, every: int, starts: list[int]) -> None:
+    step = torch.arange(1.0, 7.0, dtype=torch.float64)
+    got = _stats.window_starts(step, torch.full((6,), float(n)), size, every)
+    assert got.tolist() == starts
     t = torch.arange(float(n))
-    for index, start in enumerate(starts):
-        w = _stats.window(t, index, size)
-        if start is None:
-            assert w is t
-        else:
-            assert size is not None and w.numel() == size
-            assert w.tolist() == list(range(start, start + size))
-            assert w.data_ptr() == t.data_ptr() + start * t.element_size()  # a view, no copy
+    for s in got:
+        w = _stats.take_window(t, torch.arange(size) + s)
+        assert w.tolist() == list(range(int(s), int(s) + size))
 
 
 def test_sample_measures_a_window_not_the_tensor() -> None:
@@ -360,7 +359,7 @@ def test_sample_measures_a_window_not_the_tensor() -> None:
     twins = [torch.nn.Parameter(torch.zeros(100)) for _ in range(2)]
     opts = [warmopt.Adam([p], lr=1e-6, warmup=warmopt.Measured(sample=40)) for p in twins]
     seen = []
-    for call in range(4):  # calls 1, 2, 3 measure windows 1, 2, 0: [40, 80), [60, 100), [0, 40)
+    for call in range(4):  # steps 2, 3, 4 measure windows 2, 0, 1: [60, 100), [0, 40), [40, 80)
         for spiked, (p, opt) in enumerate(zip(twins, opts)):
             p.grad = torch.ones(100)
             if spiked and call > 0:
@@ -368,7 +367,7 @@ def test_sample_measures_a_window_not_the_tensor() -> None:
             opt.step()
         k = [float(opt.state[p]["warmup_kurtosis"]) for p, opt in zip(twins, opts)]
         seen.append(k[0] != k[1])
-    assert seen == [False, False, False, True]
+    assert seen == [False, False, True, True]  # seen at step 3, remembered after
 
 
 @pytest.mark.parametrize("bad", [0, 1, 2.0, True, "all"])

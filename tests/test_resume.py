@@ -24,6 +24,14 @@ CONFIGS = [
     pytest.param(warmopt.AdamW, {"lr": 1e-2}, "foreach", id="adamw-foreach"),
     pytest.param(warmopt.RMSprop, {"lr": 1e-2, "momentum": 0.5}, "foreach", id="rmsprop-foreach"),
     pytest.param(warmopt.RMSprop, {"lr": 1e-2, "centered": True}, "single", id="rmsprop-single"),
+    # windows of 5 coordinates: keyed on each tensor's step count, so a resumed run measures the
+    # same windows as the uninterrupted one
+    pytest.param(
+        warmopt.Adam,
+        {"lr": 1e-2, "warmup": warmopt.Measured(sample=5)},
+        "foreach",
+        id="adam-sampled-foreach",
+    ),
 ]
 
 

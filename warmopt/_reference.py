@@ -148,8 +148,9 @@ class ReferenceOptimizer:
                 den = torch.maximum(vhat_prev, w * x).clamp_min(1e-30)
                 r = x / den
                 if size is not None and r.numel() > size:
-                    # window (calls // every) of `size` coordinates, the last one flush with the end
-                    j = (self.calls - 1) // every % math.ceil(r.numel() / size)
+                    # window floor(t / every) mod W of `size` coordinates, the last one flush
+                    # with the end (keyed on the tensor's own step count)
+                    j = int(t // every) % math.ceil(r.numel() / size)
                     start = min(j * size, r.numel() - size)
                     r = r[start : start + size]
             scale = self._policy(st, t, beta, r)

@@ -19,7 +19,8 @@ __all__ = [
     "asymptotic_sample_size",
     "newest_weight",
     "fresh_ratio_sums",
-    "window",
+    "window_starts",
+    "take_window",
 ]
 
 # Denominator floor for g^2 / v̂: keeps 0/0 (a coordinate that has never seen a gradient and
@@ -61,19 +62,25 @@ def newest_weight(step: Tensor, beta: Tensor | float) -> Tensor:
     return (1 - beta_t) / (1 - beta_t**step)
 
 
-def window(t: Tensor, index: int, size: int | None) -> Tensor:
-    """Window ``index`` of ``size`` coordinates of flattened ``t`` (``t`` if it is not longer).
+def window_starts(step: Tensor, numel: Tensor, size: int, every: int = 1) -> Tensor:
+    """First coordinate of the window measured at ``step`` for tensors of ``numel`` coordinates.
 
-    The windows ``[j size, (j+1) size)`` for ``j = index mod W``, ``W = ceil(numel / size)``,
-    tile the tensor; the last one is moved back to end at ``numel`` so every window is full. A
-    view when ``t`` is contiguous (``reshape`` copies otherwise).
+    The windows ``[j size, (j+1) size)``, ``j = floor(step / every) mod W``,
+    ``W = ceil(numel / size)``, tile each tensor; the last one is moved back to end at ``numel`` so
+    every window is full. Consecutive measurements (``every`` steps apart) take consecutive windows
+    and a sweep covers the tensor. Keyed on the tensor's own step count, so a resumed run measures
+    the same windows; computed on the device (no host read). Returns int64, one entry per tensor.
     """
-    n = t.numel()
-    if size is None or n <= size:
-        return t
-    j = index % -(-n // size)
-    start = min(j * size, n - size)
-    return t.reshape(-1)[start : start + size]
+    n = numel.to(step.dtype)
+    sweep = torch.ceil(n / size)
+    j = torch.remainder(torch.floor(step / every), sweep)
+    return torch.minimum(j * size, n - size).long()
+
+
+def take_window(t: Tensor, index: Tensor) -> Tensor:
+    """The coordinates ``index`` (``arange(size) + start`` on ``t``'s device) of flattened ``t``:
+    a gather of ``size`` elements, no pass over ``t``."""
+    return t.reshape(-1).index_select(0, index)
 
 
 def fresh_ratio_sums(

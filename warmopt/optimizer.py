@@ -427,9 +427,8 @@ class WarmupOptimizer(Optimizer):
             every = int(getattr(policy, "measure_every", 1))
             size = getattr(policy, "sample", None)
             if self._warm_calls % every == 1 % every:
-                index = self._warm_calls // every
                 stats = self._measure(
-                    batches, modes, step, beta, grad_scale, found_inf, home, index, size
+                    batches, modes, step, beta, grad_scale, found_inf, home, every, size
                 )
             else:
                 zeros = torch.zeros(len(params), dtype=torch.float32, device=home)
@@ -502,13 +501,14 @@ class WarmupOptimizer(Optimizer):
         grad_scale: Tensor | None,
         found_inf: Tensor | None,
         home: torch.device,
-        index: int = 0,
+        every: int = 1,
         size: int | None = None,
     ) -> Statistics:
         """Fresh-ratio sums for every tensor, in the same order as ``step``.
 
-        With ``size``, each plain tensor longer than that is measured on window ``index`` of
-        ``size`` coordinates (``_stats.window``); DTensor shards are measured whole.
+        With ``size``, each plain tensor longer than that is measured on a window of ``size``
+        coordinates chosen by its step count (``_stats.window_starts``, gathered on the device);
+        DTensor shards are measured whole.
         """
         prev_bc = 1 - beta ** (step - 1)
         weight = _stats.newest_weight(step, beta)
@@ -533,9 +533,8 @@ class WarmupOptimizer(Optimizer):
                     g.numel() > size and not _is_dtensor(g0) for g0, g in zip(batch.grads, grads)
                 ]
                 if any(cut):
-                    grads, sqs, ps = (
-                        [_stats.window(t, index, size) if c else t for t, c in zip(ts, cut)]
-                        for ts in (grads, sqs, ps)
+                    grads, sqs, ps = self._windows(
+                        [grads, sqs, ps], cut, step[offset : offset + n], size, every, decay
                     )
             if mode == "single":
                 buckets = [
@@ -575,6 +574,38 @@ class WarmupOptimizer(Optimizer):
         if found_inf is not None:
             valid = valid * (found_inf.to(home, torch.float32) == 0).float()
         return Statistics(sum_r=sum_r, sum_r2=sum_r2, count=count, valid=valid)
+
+    @staticmethod
+    def _windows(
+        lists: list[list[Tensor]],
+        cut: list[bool],
+        step: Tensor,
+        size: int,
+        every: int,
+        decay: float,
+    ) -> list[list[Tensor]]:
+        """``lists`` (gradients, second moments, parameters) with each ``cut`` tensor replaced by
+        its measured window; parameters only where coupled decay reads them."""
+        which = [i for i, c in enumerate(cut) if c]
+        like = [lists[0][i] for i in which]
+        numel = torch.tensor([t.numel() for t in like], dtype=torch.float64)
+        pick = torch.tensor(which).to(step.device, non_blocking=True)
+        starts = _stats.window_starts(
+            step[pick], numel.to(step.device, non_blocking=True), size, every
+        )
+        starts_on = split_to(starts, like)
+        bases: dict[torch.device, Tensor] = {}
+        out = [list(ts) for ts in lists]
+        for k, i in enumerate(which):
+            dev = like[k].device
+            if dev not in bases:
+                bases[dev] = torch.arange(size, device=dev)
+            index = bases[dev] + starts_on[k]
+            for ts, src in zip(out, lists):
+                if ts is out[2] and decay == 0.0:
+                    continue  # the statistics read parameters only with coupled decay
+                ts[i] = _stats.take_window(src[i], index)
+        return out
 
     @staticmethod
     def _counts(batches: list[GroupBatch], home: torch.device, size: int | None = None) -> Tensor:

@@ -186,14 +186,15 @@ class Measured(WarmupPolicy):
             :math:`D` (default: 1, every step). With ``k > 1`` a resumed run restarts this
             sampling phase, so resume is exact only for ``k = 1``.
         sample (int or None, optional): measure at most this many real coordinates of each
-            parameter tensor per measured step: a contiguous window of the flattened tensor that
-            moves on by ``sample`` coordinates at each measurement (wrapping around), so the
-            windows sweep the tensor. :math:`N` above is then the window size, and the sampling
-            error of the window mean, :math:`\sqrt{K/N}` relative (1.1 % for :math:`K = 2`,
-            :math:`N = 16384`), is far below ``tol``; the statistics pass then costs at most
-            ``sample`` coordinates per tensor instead of all of them. Tensors of FSDP2 (DTensor)
-            parameters are measured whole on each rank's shard. ``None`` measures every
-            coordinate (default: 16384). Windows restart on resume, like ``measure_every``.
+            parameter tensor per measured step: a contiguous window of the flattened tensor,
+            chosen by the tensor's step count so that consecutive measurements take consecutive
+            windows and sweep the tensor (``_stats.window_starts``; a resumed run measures the
+            same windows). :math:`N` above is then the window size, and the sampling error of
+            the window mean, :math:`\sqrt{K/N}` relative (1.1 % for :math:`K = 2`,
+            :math:`N = 16384`), is well below ``tol``; the statistics then read at most
+            ``sample`` coordinates per tensor (a gather) instead of all of them. Tensors of
+            FSDP2 (DTensor) parameters are measured whole on each rank's shard. ``None``
+            measures every coordinate (default: 16384).
 
     Example:
         >>> import torch, warmopt
