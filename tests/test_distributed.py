@@ -102,7 +102,7 @@ def _zero(rank: int, granularity: str) -> dict[str, Any]:
     }
 
 
-def _fsdp2(rank: int, granularity: str = "tensor") -> dict[str, Any]:
+def _fsdp2(rank: int, granularity: str = "tensor", **mode: Any) -> dict[str, Any]:
     from torch.distributed.fsdp import fully_shard
 
     model = _model()
@@ -110,7 +110,7 @@ def _fsdp2(rank: int, granularity: str = "tensor") -> dict[str, Any]:
         if isinstance(layer, torch.nn.Linear):
             fully_shard(layer)
     fully_shard(model)
-    opt = warmopt.Adam(model.parameters(), lr=LR, granularity=granularity)
+    opt = warmopt.Adam(model.parameters(), lr=LR, granularity=granularity, **mode)
     _train(model, opt, rank)
     return {
         "params": [p.full_tensor().detach().clone() for p in model.parameters()],  # type: ignore[attr-defined]
@@ -125,6 +125,8 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "zero_global": lambda rank: _zero(rank, "global"),
     "fsdp2": _fsdp2,
     "fsdp2_global": lambda rank: _fsdp2(rank, "global"),
+    # warmopt's own foreach Adam step (per-tensor host scalars) on DTensor shards
+    "fsdp2_foreach": lambda rank: _fsdp2(rank, "tensor", foreach=True),
 }
 
 
@@ -283,4 +285,19 @@ def test_fsdp2_with_global_granularity_matches_the_unsharded_run(
     for i, s in r0["scales"].items():
         assert s == pytest.approx(reference["scales"][i], rel=1e-5)
     for a, ref in zip(r0["params"], reference["params"]):
+        torch.testing.assert_close(a, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp2_foreach_own_step_matches_the_unsharded_run(
+    ranks: list[dict[str, Any]], reference: dict[str, Any]
+) -> None:
+    """foreach=True: while warming, warmopt runs its own foreach Adam step on the DTensor shards
+    (torch's foreach ops with per-tensor scalars); the result is the unsharded run's."""
+    r0, r1 = _result(ranks, "fsdp2_foreach")
+    assert r0["scales"] == r1["scales"]
+    assert 0 < min(r0["scales"].values()) < 1  # compared mid warm-up
+    for i, s in r0["scales"].items():
+        assert s == pytest.approx(reference["scales"][i], rel=1e-5)
+    for a, b, ref in zip(r0["params"], r1["params"], reference["params"]):
+        assert torch.equal(a, b)
         torch.testing.assert_close(a, ref, rtol=1e-5, atol=1e-6)
