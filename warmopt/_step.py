@@ -391,15 +391,20 @@ def scaled_adam_foreach(
     eps = float(group["eps"])
     decoupled = bool(group["decoupled_weight_decay"])
     host = HOST_SCALARS_ON_CPU and scale.device.type == "cpu"
+    # The denominator is sqrt(v) / divisor[i] + addend[i]; the step is addcdiv with value[i].
+    divisor: list[Any]
+    addend: list[Any] = []
+    value: list[float] = []
+    decay: list[Any]
     if host:
         lr = float(group["lr"])
         s_host, t_host = scale.tolist(), step.tolist()
-        sigma = [(lr * s / (1 - beta1**t)) * -1 for s, t in zip(s_host, t_host)]
-        bc2_sqrt: list[Any] = [(1 - beta2**t) ** 0.5 for t in t_host]
-        decay: list[Any] = [1 - lr * s * wd for s in s_host]
-    else:
+        value = [(lr * s / (1 - beta1**t)) * -1 for s, t in zip(s_host, t_host)]
+        divisor = [(1 - beta2**t) ** 0.5 for t in t_host]  # torch's bias_correction2_sqrt
+        decay = [1 - lr * s * wd for s in s_host]
+    else:  # A and B of _device_factors, the value folded into them
         div_v, add_v, decay_v = _device_factors(group, scale, step)
-        bc2_sqrt, sigma = split_to(div_v, batch.params), split_to(add_v, batch.params)
+        divisor, addend = split_to(div_v, batch.params), split_to(add_v, batch.params)
         decay = split_to(decay_v, batch.params) if decoupled and wd != 0 else []
     lists: list[list[Tensor | None]] = [
         list(batch.params),
@@ -426,12 +431,12 @@ def scaled_adam_foreach(
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
         del grads
         denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denom, [bc2_sqrt[i] for i in idx])
+        torch._foreach_div_(denom, [divisor[i] for i in idx])
         if host:
             torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(params, exp_avgs, denom, [sigma[i] for i in idx])
-        else:  # bc2_sqrt holds A = sqrt(b2) sigma and sigma holds B = eps / sigma here
-            torch._foreach_add_(denom, [sigma[i] for i in idx])
+            torch._foreach_addcdiv_(params, exp_avgs, denom, [value[i] for i in idx])
+        else:
+            torch._foreach_add_(denom, [addend[i] for i in idx])
             torch._foreach_addcdiv_(params, exp_avgs, denom)
 
 
