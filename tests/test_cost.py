@@ -98,10 +98,14 @@ def test_fused_large_tensors_take_one_fused_call_each() -> None:
     assert counts[1] - counts[0] == 2 and counts[2] - counts[1] == 4, counts
 
 
-def test_sampling_windows_are_gathers_not_passes() -> None:
-    """A tensor above ``sample`` is measured on a gathered window: per such tensor one index
-    (arange + start), one gather of ``sample`` elements each for g and v, and their flat views;
-    no op over the whole tensor, and the same handful for every such tensor."""
+@pytest.mark.parametrize("host", [True, False], ids=["cpu-views", "device-gathers"])
+def test_sampling_windows_are_views_or_gathers_not_passes(
+    host: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tensor above ``sample`` is measured on its window: a view when the step counts are on
+    the CPU, a gather of ``sample`` elements (index = arange + start) on an accelerator. No op
+    over the whole tensor, and the same handful for every such tensor."""
+    monkeypatch.setattr(warmopt._step, "HOST_SCALARS_ON_CPU", host)
 
     def ops(n_large: int) -> OpCounter:
         params = [torch.nn.Parameter(torch.zeros(8)) for _ in range(5)]
@@ -112,4 +116,7 @@ def test_sampling_windows_are_gathers_not_passes() -> None:
     one, three = ops(1), ops(3)
     added = {k: three.ops.get(k, 0) - one.ops.get(k, 0) for k in three.ops}
     added = {k: v for k, v in added.items() if v}
-    assert added == {"aten.add": 2, "aten.index_select": 4, "aten.view": 4}, added
+    if host:
+        assert added == {"aten.view": 4, "aten.slice": 4}, added
+    else:
+        assert added == {"aten.add": 2, "aten.index_select": 4, "aten.view": 4}, added

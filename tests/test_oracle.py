@@ -30,14 +30,22 @@ def test_fast_step_matches_reference(case: Case, mode: str, policy: warmopt.Warm
     _run_against_reference(case, mode, policy)
 
 
-@pytest.mark.parametrize("policy", [warmopt.Measured(), warmopt.RAdamRectification()], ids=repr)
+@pytest.mark.parametrize(
+    "policy",
+    [
+        warmopt.Measured(),
+        warmopt.Measured(sample=7, measure_every=2, prior_kurtosis=4.0),  # gathered windows
+        warmopt.RAdamRectification(),
+    ],
+    ids=repr,
+)
 @pytest.mark.parametrize("case", [c for c, m in CASE_MODES if m == "foreach"], ids=str)
 def test_device_scalar_foreach_step_matches_reference(
     case: Case, policy: warmopt.WarmupPolicy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The foreach Adam/RMSprop steps meant for accelerators (step size as 0-d device divisors,
-    nothing read on the host), run on the CPU; RAdam's scale 0 in its first steps must step by
-    exactly 0."""
+    """The paths meant for accelerators (step size as 0-d device divisors, sampled windows
+    gathered on the device; nothing read on the host), run on the CPU; RAdam's scale 0 in its
+    first steps must step by exactly 0."""
     monkeypatch.setattr(warmopt._step, "HOST_SCALARS_ON_CPU", False)
     _run_against_reference(case, "foreach", policy)
 

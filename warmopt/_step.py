@@ -335,7 +335,9 @@ def scaled_adam_ok(
     )
 
 
-#: Take the host-scalar path for CPU tensors (tests switch it off to run the device path on CPU).
+#: Read per-tensor numbers on the host when they live on the CPU (free there): host scalars in
+#: the foreach steps, window views for the sampled statistics. Tests switch it off to run the
+#: accelerator paths (0-d device divisors, gathered windows) on the CPU.
 HOST_SCALARS_ON_CPU = True
 
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.optim import Adam, Optimizer
 from torch.optim.optimizer import ParamsT, _use_grad_for_differentiable
 
-from . import _stats
+from . import _stats, _step
 from ._step import (
     ALGORITHMS,
     RMSPROP,
@@ -585,7 +585,9 @@ class WarmupOptimizer(Optimizer):
         decay: float,
     ) -> list[list[Tensor]]:
         """``lists`` (gradients, second moments, parameters) with each ``cut`` tensor replaced by
-        its measured window; parameters only where coupled decay reads them."""
+        its measured window; parameters only where coupled decay reads them. Views when the
+        step counts are on the CPU (the starts are then read on the host at no cost), gathers
+        on the device otherwise (no host read)."""
         which = [i for i, c in enumerate(cut) if c]
         like = [lists[0][i] for i in which]
         numel = torch.tensor([t.numel() for t in like], dtype=torch.float64)
@@ -593,9 +595,16 @@ class WarmupOptimizer(Optimizer):
         starts = _stats.window_starts(
             step[pick], numel.to(step.device, non_blocking=True), size, every
         )
+        out = [list(ts) for ts in lists]
+        if step.device.type == "cpu" and _step.HOST_SCALARS_ON_CPU:
+            # Starts readable on the host for free: the windows are views, no gather.
+            for start, i in zip(starts.tolist(), which):
+                for ts, src in zip(out, lists):
+                    if ts is not out[2] or decay != 0.0:
+                        ts[i] = src[i].reshape(-1)[start : start + size]
+            return out
         starts_on = split_to(starts, like)
         bases: dict[torch.device, Tensor] = {}
-        out = [list(ts) for ts in lists]
         for k, i in enumerate(which):
             dev = like[k].device
             if dev not in bases:
