@@ -192,9 +192,9 @@ class Measured(WarmupPolicy):
             same windows). :math:`N` above is then the window size, and the sampling error of
             the window mean, :math:`\sqrt{K/N}` relative (1.1 % for :math:`K = 2`,
             :math:`N = 16384`), is well below ``tol``; the statistics then read at most
-            ``sample`` coordinates per tensor (a gather) instead of all of them. Tensors of
-            FSDP2 (DTensor) parameters are measured whole on each rank's shard. ``None``
-            measures every coordinate (default: 16384).
+            ``sample`` coordinates per tensor (a view, or a gather on accelerators) instead of
+            all of them. Tensors of FSDP2 (DTensor) parameters are measured whole on each
+            rank's shard. ``None`` measures every coordinate (default: 16384).
 
     Example:
         >>> import torch, warmopt
