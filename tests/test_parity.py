@@ -149,3 +149,59 @@ def test_warming_fused_adam_per_tensor_is_torch_at_lr_times_scale_bit_for_bit(
         opt.step()
         ref.step()
         _assert_same(ours, theirs, opt, ref)
+
+
+def _to_cuda_grads(params: list[torch.Tensor]) -> None:
+    for p in params:
+        if p.grad is not None:
+            p.grad = p.grad.cuda()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["foreach", "fused"])
+def test_cuda_warming_step_is_torch_at_lr_times_scale_without_a_sync(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The accelerator paths for real: foreach with 0-d device divisors, fused with one call per
+    tensor at a 0-d device lr. Equal to torch at lr * s up to rounding, and no host-device sync
+    while warming."""
+    from .opcount import OpCounter
+
+    monkeypatch.setattr(warmopt._step, "FUSED_PER_TENSOR_MIN", 1)
+    ours, theirs = ([torch.nn.Parameter(p.detach().cuda()) for p in ps] for ps in twins(SHAPES))
+    opt = warmopt.Adam(ours, lr=1e-2, warmup=warmopt.Linear(4), **MODES[mode])
+    ref = torch.optim.Adam(theirs, lr=1e-2, **MODES[mode])
+    for t in range(1, 9):
+        feed([ours, theirs], t)
+        _to_cuda_grads(ours + theirs)
+        ref.param_groups[0]["lr"] = 1e-2 * min(1.0, t / 4)
+        with OpCounter() as counter:
+            opt.step()
+        if t < 4:
+            assert counter.syncs == 0, t
+        ref.step()
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["foreach", "fused"])
+def test_cuda_measured_warmup_matches_the_cpu_run(mode: str) -> None:
+    """Measured with sampled windows (gathered on the device) on CUDA against the same run on
+    the CPU (host scalars, window views): the same scales and parameters up to rounding."""
+    cpu, gpu = twins(SHAPES)
+    gpu = [torch.nn.Parameter(p.detach().cuda()) for p in gpu]
+    policy = warmopt.Measured(sample=5)
+    opts = [warmopt.Adam(ps, lr=1e-2, warmup=policy, **MODES[mode]) for ps in (cpu, gpu)]
+    for t in range(10):
+        feed([cpu, gpu], t, none_every=4)
+        _to_cuda_grads(gpu)
+        for opt in opts:
+            opt.step()
+        torch.testing.assert_close(
+            opts[1].warmup_scale[0].cpu(), opts[0].warmup_scale[0], rtol=1e-5, atol=1e-6
+        )
+    for a, b in zip(gpu, cpu):
+        torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=1e-5, atol=1e-6)
