@@ -255,8 +255,18 @@ def split_to(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
     return out
 
 
-def _real(ts: list[Tensor]) -> list[Tensor]:
+def _real(ts: list[Tensor], has_complex: bool = True) -> list[Tensor]:
+    """Real views of complex tensors; with ``has_complex=False`` (known from ``_init_group``) the
+    tensors as they are, without a check per tensor."""
+    if not has_complex:
+        return list(ts)
     return [torch.view_as_real(t) if torch.is_complex(t) else t for t in ts]
+
+
+def reads_on_host(t: Tensor) -> bool:
+    """Whether per-tensor numbers held in ``t`` are read on the host (free on the CPU; tests turn
+    ``HOST_SCALARS_ON_CPU`` off to run the accelerator paths there)."""
+    return HOST_SCALARS_ON_CPU and t.device.type == "cpu"
 
 
 def run_group(
@@ -292,8 +302,7 @@ def run_group(
     old = list(torch._foreach_mul(params, 1.0))
     algorithm.update(group, batch, grad_scale, found_inf)
     # 0-d tensor weights broadcast, like capturable Adam's per-tensor step sizes
-    real = _real if batch.has_complex else list
-    torch._foreach_lerp_(real(params), real(old), keep)
+    torch._foreach_lerp_(_real(params, batch.has_complex), _real(old, batch.has_complex), keep)
 
 
 # ---------------------------------------------------------------- foreach Adam at lr * s, no copy
@@ -301,6 +310,19 @@ def run_group(
 #: Dtypes whose range is float32's or wider: ``(sqrt(v) / sqrt(b2) + eps) / |sigma|`` cannot
 #: overflow unless the step it divides is negligible (float16 can: its max is 65504).
 _FOLD_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+def _own_foreach_ok(group: dict[str, Any], batch: GroupBatch, mode: str) -> bool:
+    """What warmopt's own foreach steps (Adam and RMSprop) need: foreach mode, a float ``lr``, no
+    ``differentiable``/``capturable``, float32/float64/bfloat16 tensors (complex ones as their real
+    views)."""
+    return (
+        mode == "foreach"
+        and not group["differentiable"]
+        and not group["capturable"]
+        and not isinstance(group["lr"], Tensor)
+        and all(p.dtype in _FOLD_DTYPES for p in _real(batch.params, batch.has_complex))
+    )
 
 
 def scaled_adam_ok(
@@ -319,19 +341,11 @@ def scaled_adam_ok(
     """
     return (
         algorithm is ADAM
-        and mode == "foreach"
         and not group["amsgrad"]
-        and not group["differentiable"]
-        and not group["capturable"]
-        and not isinstance(group["lr"], Tensor)
         and grad_scale is None
         and found_inf is None
         and not any(isinstance(b, Tensor) for b in group["betas"])
-        and all(
-            (torch.view_as_real(p) if batch.has_complex and torch.is_complex(p) else p).dtype
-            in _FOLD_DTYPES
-            for p in batch.params
-        )
+        and _own_foreach_ok(group, batch, mode)
     )
 
 
@@ -356,8 +370,7 @@ def _device_factors(
     :math:`1 - \mathrm{lr}\,s\,\mathrm{wd}`. 1-D float32 on ``scale``'s device.
     """
     beta1, beta2 = group["betas"]
-    lr = group["lr"]
-    lr = lr.to(scale.device, torch.float64) if isinstance(lr, Tensor) else float(lr)
+    lr = float(group["lr"])  # a tensor lr never takes this path (_own_foreach_ok)
     s = scale.double()
     sigma = -lr * s / (1 - float(beta1) ** step)
     div = (torch.sqrt(1 - float(beta2) ** step) * sigma).float()
@@ -392,7 +405,7 @@ def scaled_adam_foreach(
     wd = float(group["weight_decay"])
     eps = float(group["eps"])
     decoupled = bool(group["decoupled_weight_decay"])
-    host = HOST_SCALARS_ON_CPU and scale.device.type == "cpu"
+    host = reads_on_host(scale)
     # The denominator is sqrt(v) / divisor[i] + addend[i]; the step is addcdiv with value[i].
     divisor: list[Any]
     addend: list[Any] = []
@@ -417,8 +430,9 @@ def scaled_adam_foreach(
     ]
     grouped = Optimizer._group_tensors_by_device_and_dtype(lists, with_indices=True)
     for bucket, idx in grouped.values():
-        real = _real if batch.has_complex else list
-        params, grads, exp_avgs, exp_avg_sqs = (real(cast(list[Tensor], t)) for t in bucket[:4])
+        params, grads, exp_avgs, exp_avg_sqs = (
+            _real(cast(list[Tensor], t), batch.has_complex) for t in bucket[:4]
+        )
         steps = cast(list[Tensor], bucket[4])
         if group["maximize"]:
             grads = list(torch._foreach_neg(grads))
@@ -532,19 +546,7 @@ def scaled_rmsprop_ok(
     ``alpha``, which has no per-tensor form), ``capturable``, ``differentiable`` or a tensor
     ``lr``, on float32/float64/bfloat16 tensors (complex ones as their real views).
     """
-    return (
-        algorithm is RMSPROP
-        and mode == "foreach"
-        and group["momentum"] == 0
-        and not group["differentiable"]
-        and not group["capturable"]
-        and not isinstance(group["lr"], Tensor)
-        and all(
-            (torch.view_as_real(p) if batch.has_complex and torch.is_complex(p) else p).dtype
-            in _FOLD_DTYPES
-            for p in batch.params
-        )
-    )
+    return algorithm is RMSPROP and group["momentum"] == 0 and _own_foreach_ok(group, batch, mode)
 
 
 def scaled_rmsprop_foreach(group: dict[str, Any], batch: GroupBatch, scale: Tensor) -> None:
@@ -558,7 +560,7 @@ def scaled_rmsprop_foreach(group: dict[str, Any], batch: GroupBatch, scale: Tens
     """
     alpha, eps, wd = float(group["alpha"]), float(group["eps"]), float(group["weight_decay"])
     lr = float(group["lr"])
-    host = HOST_SCALARS_ON_CPU and scale.device.type == "cpu"
+    host = reads_on_host(scale)
     host_values: list[float] = []
     device_values: list[Tensor] = []
     if host:
@@ -573,9 +575,10 @@ def scaled_rmsprop_foreach(group: dict[str, Any], batch: GroupBatch, scale: Tens
         list(batch.state_steps),
     ]
     grouped = Optimizer._group_tensors_by_device_and_dtype(lists, with_indices=True)
-    real = _real if batch.has_complex else list
     for bucket, idx in grouped.values():
-        params, grads, square_avgs = (real(cast(list[Tensor], t)) for t in bucket[:3])
+        params, grads, square_avgs = (
+            _real(cast(list[Tensor], t), batch.has_complex) for t in bucket[:3]
+        )
         steps = cast(list[Tensor], bucket[4])
         if group["maximize"]:
             grads = list(torch._foreach_neg(grads))
@@ -585,7 +588,7 @@ def scaled_rmsprop_foreach(group: dict[str, Any], batch: GroupBatch, scale: Tens
         torch._foreach_mul_(square_avgs, alpha)
         torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
         if group["centered"]:
-            grad_avgs = real(cast(list[Tensor], bucket[3]))
+            grad_avgs = _real(cast(list[Tensor], bucket[3]), batch.has_complex)
             torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
             avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
             torch._foreach_sqrt_(avg)

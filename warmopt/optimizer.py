@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.optim import Adam, Optimizer
 from torch.optim.optimizer import ParamsT, _use_grad_for_differentiable
 
-from . import _stats, _step
+from . import _stats
 from ._step import (
     ALGORITHMS,
     RMSPROP,
@@ -36,6 +36,7 @@ from ._step import (
     GroupBatch,
     _real,
     fused_large,
+    reads_on_host,
     resolve_mode,
     run_group,
     scaled_adam_foreach,
@@ -507,7 +508,7 @@ class WarmupOptimizer(Optimizer):
         """Fresh-ratio sums for every tensor, in the same order as ``step``.
 
         With ``size``, each plain tensor longer than that is measured on a window of ``size``
-        coordinates chosen by its step count (``_stats.window_starts``, gathered on the device);
+        coordinates chosen by its step count (``_stats.window_starts``; see ``_windows``);
         DTensor shards are measured whole.
         """
         prev_bc = 1 - beta ** (step - 1)
@@ -524,10 +525,9 @@ class WarmupOptimizer(Optimizer):
             if n == 0:
                 continue
             decay = self._algorithm.coupled_decay(group)
-            real = _real if batch.has_complex else list
-            grads = _local_shards(real(batch.grads))
-            sqs = _local_shards(real(batch.second_moments))
-            ps = _local_shards(real(batch.params))
+            grads = _local_shards(_real(batch.grads, batch.has_complex))
+            sqs = _local_shards(_real(batch.second_moments, batch.has_complex))
+            ps = _local_shards(_real(batch.params, batch.has_complex))
             if size is not None:
                 cut = [
                     g.numel() > size and not _is_dtensor(g0) for g0, g in zip(batch.grads, grads)
@@ -596,12 +596,13 @@ class WarmupOptimizer(Optimizer):
             step[pick], numel.to(step.device, non_blocking=True), size, every
         )
         out = [list(ts) for ts in lists]
-        if step.device.type == "cpu" and _step.HOST_SCALARS_ON_CPU:
+        # the statistics read the parameters only with coupled decay
+        windowed = list(zip(out, lists))[: 3 if decay != 0.0 else 2]
+        if reads_on_host(step):
             # Starts readable on the host for free: the windows are views, no gather.
             for start, i in zip(starts.tolist(), which):
-                for ts, src in zip(out, lists):
-                    if ts is not out[2] or decay != 0.0:
-                        ts[i] = src[i].reshape(-1)[start : start + size]
+                for ts, src in windowed:
+                    ts[i] = src[i].reshape(-1)[start : start + size]
             return out
         starts_on = split_to(starts, like)
         bases: dict[torch.device, Tensor] = {}
@@ -610,9 +611,7 @@ class WarmupOptimizer(Optimizer):
             if dev not in bases:
                 bases[dev] = torch.arange(size, device=dev)
             index = bases[dev] + starts_on[k]
-            for ts, src in zip(out, lists):
-                if ts is out[2] and decay == 0.0:
-                    continue  # the statistics read parameters only with coupled decay
+            for ts, src in windowed:
                 ts[i] = _stats.take_window(src[i], index)
         return out
 
@@ -627,10 +626,7 @@ class WarmupOptimizer(Optimizer):
         ]
         if size is not None:
             grads = [g for b in batches for g in b.grads]
-            counts = [
-                min(n, size) if n <= size or not _is_dtensor(g) else n
-                for n, g in zip(counts, grads)
-            ]
+            counts = [n if n <= size or _is_dtensor(g) else size for n, g in zip(counts, grads)]
         return torch.tensor(counts, dtype=torch.float32).to(home, non_blocking=True)
 
     def _units(self, batches: list[GroupBatch], home: torch.device) -> tuple[Tensor | None, int]:
