@@ -48,10 +48,10 @@ Methods (Adam tasks; RMSprop tasks drop ``radam`` and ``schedulefree`` and use `
 * ``warmopt_prior2``       ``warmup=warmopt.Measured(prior_kurtosis=2)`` (a Gaussian prior: larger
                            first steps)
 * ``warmopt_sample256``    ``warmup=warmopt.Measured(sample=256)``: the fresh-ratio statistics of
-                           each tensor measured on a window of 256 coordinates that moves on by
-                           256 at each measurement, instead of on all of them (the default window,
-                           65536, covers every tensor of these tasks), so most weight matrices
-                           here are sampled
+                           each tensor measured on a window of 256 coordinates that moves from
+                           measurement to measurement, instead of one of 16384 (the default, which
+                           samples only the GRU's 49152-element hidden matrix here), so most
+                           weight matrices here are sampled
 * ``warmopt_group``        ``granularity="group"`` (one param group here: one scale for the model)
 
 Metrics per task and method (L = final training loss on fixed training data, L_0 at init):
