@@ -490,7 +490,7 @@ def scaled_adam_fused_each(
     ``found_inf`` inside the kernel), and take the increment back where ``found_inf``. With the
     scales on the CPU ``lr * s`` is a host float, so this is torch's fused step at ``lr * s`` bit
     for bit; on an accelerator it is a 0-d device tensor (the kernel's ``tensor_lr`` overload; no
-    host read). Two dispatched ops per tensor: meant for tensors large enough
+    host read). One kernel per tensor: meant for tensors large enough
     (``FUSED_PER_TENSOR_MIN``) that a kernel per tensor costs less than the copy and lerp.
     """
     beta1, beta2 = group["betas"]
@@ -503,6 +503,7 @@ def scaled_adam_fused_each(
     func = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
     on_device: dict[torch.device, tuple[Tensor | None, Tensor | None]] = {}
     amsgrad = bool(group["amsgrad"])
+    torch._foreach_add_(batch.state_steps, 1)
     for i, p in enumerate(batch.params):
         dev = p.device
         if dev not in on_device:
@@ -512,7 +513,6 @@ def scaled_adam_fused_each(
             )
         gs, fi = on_device[dev]
         step = batch.state_steps[i]
-        torch._foreach_add_([step], 1)
         func(
             [p],
             [batch.grads[i]],
@@ -530,8 +530,11 @@ def scaled_adam_fused_each(
             grad_scale=gs,
             found_inf=fi,
         )
-        if fi is not None:
-            torch._foreach_sub_([step], [fi])
+    if found_inf is not None:
+        # take the increment back where the step was skipped (found_inf on each tensor's device)
+        torch._foreach_sub_(
+            batch.state_steps, [on_device[s.device][1] for s in batch.state_steps]
+        )
 
 
 # ------------------------------------------------------- foreach RMSprop at lr * s, no copy
