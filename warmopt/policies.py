@@ -189,12 +189,13 @@ class Measured(WarmupPolicy):
             parameter tensor per measured step: a contiguous window of the flattened tensor,
             chosen by the tensor's step count so that consecutive measurements take consecutive
             windows and sweep the tensor (``_stats.window_starts``; a resumed run measures the
-            same windows). :math:`N` above is then the window size, and the sampling error of
-            the window mean, :math:`\sqrt{K/N}` relative (1.1 % for :math:`K = 2`,
-            :math:`N = 16384`), is well below ``tol``; the statistics then read at most
+            same windows). :math:`N` above is then the window size: the sampling error of
+            the window mean, :math:`\sqrt{K/N}` relative (2.2 % for :math:`K = 2`,
+            :math:`N = 4096`), is below ``tol`` and is what the drift's significance test
+            :math:`\sigma_D` allows for; the statistics then read at most
             ``sample`` coordinates per tensor (a view, or a gather on accelerators) instead of
             all of them. Tensors of FSDP2 (DTensor) parameters are measured whole on each
-            rank's shard. ``None`` measures every coordinate (default: 16384).
+            rank's shard. ``None`` measures every coordinate (default: 4096).
 
     Example:
         >>> import torch, warmopt
@@ -217,7 +218,7 @@ class Measured(WarmupPolicy):
     kurtosis: bool = True
     prior_kurtosis: float = 32.0
     measure_every: int = 1
-    sample: int | None = 16384
+    sample: int | None = 4096
 
     name: ClassVar[str] = "measured"
     needs_statistics: ClassVar[bool] = True
