@@ -49,9 +49,10 @@ Methods (Adam tasks; RMSprop tasks drop ``radam`` and ``schedulefree`` and use `
                            first steps)
 * ``warmopt_sample256``    ``warmup=warmopt.Measured(sample=256)``: the fresh-ratio statistics of
                            each tensor measured on a window of 256 coordinates that moves from
-                           measurement to measurement, instead of one of 16384 (the default, which
-                           samples only the GRU's 49152-element hidden matrix here), so most
-                           weight matrices here are sampled
+                           measurement to measurement, instead of one of 4096 (the default, which
+                           already samples most weight matrices here: the MLPs' 128-wide layers,
+                           the LMs' qkv/fc/embedding/head matrices, the GRU's weights), so
+                           nearly every weight matrix is sampled, on a 16x smaller window
 * ``warmopt_group``        ``granularity="group"`` (one param group here: one scale for the model)
 
 Metrics per task and method (L = final training loss on fixed training data, L_0 at init):
