@@ -328,6 +328,44 @@ def test_measure_every_skips_the_statistics_but_not_the_rise() -> None:
     assert scales[-1] == 1.0
 
 
+def test_measure_every_staggers_the_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """measure_every=k measures tensor j (param_groups order) on calls j+1, j+1+k, ...: each call
+    passes about 1/k of the tensors to the statistics, with the same ATen ops on every call, so
+    the warming steps cost the same instead of one expensive step in k."""
+    from .opcount import OpCounter
+
+    measured: list[int] = []
+    inner = warmopt._stats.fresh_ratio_sums
+
+    def spy(grads: list[torch.Tensor], *args: object, **kwargs: object) -> object:
+        measured.append(len(grads))
+        return inner(grads, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(warmopt._stats, "fresh_ratio_sums", spy)
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.zeros(64)) for _ in range(6)]
+    opt = warmopt.Adam(params, lr=1e-6, foreach=True, warmup=warmopt.Measured(measure_every=3))
+    changed, ops, sizes = [], [], []
+    before = [32.0] * len(params)
+    for t in range(1, 12):
+        for p in params:
+            p.grad = make_gradient("gaussian", t, 64, gen)
+        measured.clear()
+        with OpCounter() as counter:
+            opt.step()
+        ops.append(counter.total)
+        sizes.append(sum(measured))
+        now = [float(opt.state[p]["warmup_kurtosis"]) for p in params]
+        changed.append([j for j, (a, b) in enumerate(zip(before, now)) if a != b])
+        before = now
+    # call c (0-based; step c + 1) measures the tensors j with (c - 1 - j) % 3 == 0
+    assert changed[0] == []
+    for c in range(1, 11):
+        assert changed[c] == [j for j in range(6) if (c - 1 - j) % 3 == 0], (c, changed[c])
+    assert sizes[1:] == [2] * 10  # two of six tensors per call
+    assert len(set(ops[1:])) == 1, ops  # the same ops on every call
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.0, True])
 def test_measure_every_rejects_bad_values(bad: object) -> None:
     with pytest.raises((TypeError, ValueError), match="measure_every"):

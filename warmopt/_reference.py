@@ -108,9 +108,11 @@ class ReferenceOptimizer:
     def step(self) -> None:
         h = self.hyper
         every = getattr(self.policy, "measure_every", 1)
-        measure = self.calls % every == 1 % every
+        calls = self.calls
         self.calls += 1
         for i, p in enumerate(self.params):
+            # staggered: tensor i on calls i+1, i+1+every, ...
+            measure = (calls - 1 - i) % every == 0
             if p.grad is None:
                 continue
             g = p.grad

@@ -532,9 +532,8 @@ def scaled_adam_fused_each(
         )
     if found_inf is not None:
         # take the increment back where the step was skipped (found_inf on each tensor's device)
-        torch._foreach_sub_(
-            batch.state_steps, [on_device[s.device][1] for s in batch.state_steps]
-        )
+        skipped = {dev: fi for dev, (_, fi) in on_device.items() if fi is not None}
+        torch._foreach_sub_(batch.state_steps, [skipped[s.device] for s in batch.state_steps])
 
 
 # ------------------------------------------------------- foreach RMSprop at lr * s, no copy

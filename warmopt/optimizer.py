@@ -427,13 +427,19 @@ class WarmupOptimizer(Optimizer):
         if policy.needs_statistics:
             every = int(getattr(policy, "measure_every", 1))
             size = getattr(policy, "sample", None)
-            if self._warm_calls % every == 1 % every:
-                stats = self._measure(
-                    batches, modes, step, beta, grad_scale, found_inf, home, every, size
-                )
-            else:
-                zeros = torch.zeros(len(params), dtype=torch.float32, device=home)
-                stats = Statistics(zeros, zeros, self._counts(batches, home, size), zeros)
+            pick = None
+            if every > 1:
+                # staggered: tensor number j (in param_groups order) on calls j+1, j+1+k, ...
+                # (call 0 is step 1, which has nothing to measure against)
+                number = {
+                    id(q): j
+                    for j, q in enumerate(q for g in self.param_groups for q in g["params"])
+                }
+                calls = self._warm_calls
+                pick = [(calls - 1 - number[id(q)]) % every == 0 for q in params]
+            stats = self._measure(
+                batches, modes, step, beta, grad_scale, found_inf, home, every, size, pick
+            )
         self._warm_calls += 1
 
         units, n_units = self._units(batches, home)
@@ -504,12 +510,14 @@ class WarmupOptimizer(Optimizer):
         home: torch.device,
         every: int = 1,
         size: int | None = None,
+        pick: list[bool] | None = None,
     ) -> Statistics:
         """Fresh-ratio sums for every tensor, in the same order as ``step``.
 
         With ``size``, each plain tensor longer than that is measured on a window of ``size``
         coordinates chosen by its step count (``_stats.window_starts``; see ``_windows``);
-        DTensor shards are measured whole.
+        DTensor shards are measured whole. With ``pick`` (one flag per tensor) only the flagged
+        tensors are measured; the others get zero sums and ``valid = 0``.
         """
         prev_bc = 1 - beta ** (step - 1)
         weight = _stats.newest_weight(step, beta)
@@ -522,7 +530,13 @@ class WarmupOptimizer(Optimizer):
         offset = 0
         for mode, batch, group in zip(modes, batches, self.param_groups):
             n = len(batch.params)
-            if n == 0:
+            chosen = list(range(n))
+            if pick is not None:
+                chosen = [i for i in chosen if pick[offset + i]]
+                if len(chosen) < n:
+                    batch = batch.select(chosen)
+            if not chosen:
+                offset += n
                 continue
             decay = self._algorithm.coupled_decay(group)
             grads = _local_shards(_real(batch.grads, batch.has_complex))
@@ -533,9 +547,9 @@ class WarmupOptimizer(Optimizer):
                     g.numel() > size and not _is_dtensor(g0) for g0, g in zip(batch.grads, grads)
                 ]
                 if any(cut):
-                    grads, sqs, ps = self._windows(
-                        [grads, sqs, ps], cut, step[offset : offset + n], size, every, decay
-                    )
+                    at = [offset + i for i in chosen]
+                    mine = step[offset : offset + n] if len(at) == n else step[torch.tensor(at)]
+                    grads, sqs, ps = self._windows([grads, sqs, ps], cut, mine, size, every, decay)
             if mode == "single":
                 buckets = [
                     ([[g], [v], [p]], [i]) for i, (g, v, p) in enumerate(zip(grads, sqs, ps))
@@ -548,7 +562,7 @@ class WarmupOptimizer(Optimizer):
                 buckets = list(grouped.values())  # type: ignore[arg-type]
             for (g_list, v_list, p_list), idx in buckets:
                 dev = g_list[0].device
-                sel = torch.tensor([offset + i for i in idx], device=home)
+                sel = torch.tensor([offset + chosen[i] for i in idx], device=home)
                 gs = None if inv_gs2 is None else inv_gs2.to(dev)
                 s_r, s_r2 = _stats.fresh_ratio_sums(
                     g_list,
@@ -562,15 +576,19 @@ class WarmupOptimizer(Optimizer):
                 s_r, s_r2 = _sum_over_shards(s_r, s_r2, [batch.grads[i] for i in idx])
                 parts_r.append(s_r.to(home))
                 parts_r2.append(s_r2.to(home))
-                order.extend(offset + i for i in idx)
+                order.extend(offset + chosen[i] for i in idx)
             offset += n
-        perm = torch.empty(len(order), dtype=torch.long)
-        perm[torch.tensor(order)] = torch.arange(len(order))
-        perm = perm.to(home)
-        sum_r = torch.cat(parts_r)[perm]
-        sum_r2 = torch.cat(parts_r2)[perm]
+        if order:
+            where = torch.tensor(order).to(home, non_blocking=True)
+            got_r, got_r2 = torch.cat(parts_r), torch.cat(parts_r2)
+            sum_r = got_r.new_zeros(len(step)).index_copy_(0, where, got_r)
+            sum_r2 = got_r2.new_zeros(len(step)).index_copy_(0, where, got_r2)
+        else:
+            sum_r = sum_r2 = torch.zeros(len(step), dtype=torch.float64, device=home)
         count = self._counts(batches, home, size)
         valid = ((step >= 2) & (count > 0)).float()
+        if pick is not None:
+            valid = valid * torch.tensor(pick, dtype=torch.float32).to(home, non_blocking=True)
         if found_inf is not None:
             valid = valid * (found_inf.to(home, torch.float32) == 0).float()
         return Statistics(sum_r=sum_r, sum_r2=sum_r2, count=count, valid=valid)

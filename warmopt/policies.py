@@ -180,11 +180,14 @@ class Measured(WarmupPolicy):
             makes the confidence a function of the step count only, like RAdam (an ablation).
         prior_kurtosis (float, optional): :math:`K_0`, the excess kurtosis assumed before the
             first measurement, with the weight of one sample (default: 32). Must be > 0.
-        measure_every (int, optional): measure the statistics on every ``k``-th call of
-            ``step()`` while warming (on calls 2, 2+k, 2+2k, ...), saving the statistics pass on
-            the others; the scale still advances every step from the latest :math:`K` and
-            :math:`D` (default: 1, every step). With ``k > 1`` a resumed run restarts this
-            sampling phase, so resume is exact only for ``k = 1``.
+        measure_every (int, optional): measure each tensor's statistics on every ``k``-th call
+            of ``step()`` while warming, staggered: tensor number ``j`` (in ``param_groups``
+            order, from 0) on the calls ``c`` with ``c = j + 2 (mod k)`` (counting from 1), so
+            every call measures about ``1/k`` of the tensors and the warming steps cost the
+            same; the scale still advances every step from the latest :math:`K` and :math:`D`
+            (default: 1, every tensor on every step). A tensor's first measurement may then
+            wait up to ``k - 1`` calls, on the prior's cautious scale. With ``k > 1`` a resumed
+            run restarts the call count, so resume is exact only for ``k = 1``.
         sample (int or None, optional): measure at most this many real coordinates of each
             parameter tensor per measured step: a contiguous window of the flattened tensor,
             chosen by the tensor's step count so that consecutive measurements take consecutive
