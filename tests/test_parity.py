@@ -129,6 +129,23 @@ def test_warming_foreach_step_is_torch_at_lr_times_scale_bit_for_bit(case: Case)
         _assert_same(ours, theirs, opt, ref)
 
 
+@pytest.mark.parametrize("case", [c for c, m in CASE_MODES if m == "single"], ids=str)
+def test_warming_single_tensor_step_is_torch_at_lr_times_scale_bit_for_bit(case: Case) -> None:
+    """Single-tensor mode on the CPU runs torch's own single-tensor update per tensor with the
+    group's lr set to lr * s (no copy, no lerp): torch's step at that lr, bit for bit, for every
+    case (amsgrad, momentum, centered, weight decay, maximize included), state included."""
+    ours, theirs = twins(SHAPES)
+    opt = case.warmopt_class()(ours, **case.kwargs, foreach=False, warmup=warmopt.Linear(4))
+    ref = case.torch_class()(theirs, **case.kwargs, foreach=False)
+    lr = ref.param_groups[0]["lr"]
+    for t in range(1, 9):
+        feed([ours, theirs], t)
+        ref.param_groups[0]["lr"] = lr * min(1.0, t / 4)
+        opt.step()
+        ref.step()
+        _assert_same(ours, theirs, opt, ref)
+
+
 @pytest.mark.parametrize(
     "case", [c for c, m in CASE_MODES if m == "fused" and c.base != "rmsprop"], ids=str
 )

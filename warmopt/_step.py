@@ -15,9 +15,15 @@ recompile; ``p_old`` is a transient copy (per tensor in single-tensor mode, per 
 never a persistent buffer. The error is one rounding of ``p``: ``p_new - p_old`` is exact when the
 step is small (Sterbenz), so ``s * (p_new - p_old)`` keeps full relative precision.
 
-Adam/AdamW in foreach mode (the common case) skip the copy and the lerp: ``scaled_adam_foreach``
-runs torch's foreach step itself with a per-tensor step size, bit for bit torch's step at
-``lr * s`` on the CPU (see its docstring and docs/warmup.md, "Cost").
+Most steps skip the copy and the lerp: Adam/AdamW in foreach mode (``scaled_adam_foreach``) and
+RMSprop without momentum (``scaled_rmsprop_foreach``) run torch's foreach step themselves with a
+per-tensor step size; fused mode calls torch's fused kernel once per tensor of at least
+``FUSED_PER_TENSOR_MIN`` elements at its own ``lr * s`` (``scaled_adam_fused_each``); and
+single-tensor mode on the CPU runs torch's own per-tensor update with ``lr * s`` as a host float
+(``scaled_single``). On the CPU each is torch's step at ``lr * s`` bit for bit (see their
+docstrings and docs/warmup.md, "Cost"). The copy and lerp remain for the small tensors of fused
+mode, foreach RMSprop with momentum, amsgrad in foreach mode, and on accelerators for the
+single-tensor path (whose ``lr`` torch reads on the host).
 """
 
 from __future__ import annotations
@@ -534,6 +540,39 @@ def scaled_adam_fused_each(
         # take the increment back where the step was skipped (found_inf on each tensor's device)
         skipped = {dev: fi for dev, (_, fi) in on_device.items() if fi is not None}
         torch._foreach_sub_(batch.state_steps, [skipped[s.device] for s in batch.state_steps])
+
+
+# ------------------------------------------------- single-tensor steps at lr * s, no copy
+
+
+def scaled_single_ok(group: dict[str, Any], mode: str, scale: Tensor) -> bool:
+    """Whether ``scaled_single`` can run this group: torch's single-tensor path (a loop over the
+    tensors) with a float ``lr`` and the scales readable on the host (CPU), not capturable or
+    differentiable (whose updates keep tensors and autograd history)."""
+    return (
+        mode == "single"
+        and reads_on_host(scale)
+        and not isinstance(group["lr"], Tensor)
+        and not group.get("capturable", False)
+        and not group.get("differentiable", False)
+    )
+
+
+def scaled_single(
+    algorithm: Algorithm,
+    group: dict[str, Any],
+    batch: GroupBatch,
+    scale: Tensor,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """torch's single-tensor update, one tensor at a time, each with the group's ``lr`` set to
+    ``lr * s`` (a host float): torch's own step at that lr, bit for bit, for every option of
+    Adam, AdamW and RMSprop, with no snapshot and no lerp. torch's single-tensor path is itself
+    a Python loop over the tensors, so this adds no op per tensor."""
+    lr = float(group["lr"])
+    for i, s in enumerate(scale.tolist()):
+        algorithm.update({**group, "lr": lr * s}, batch.subset(i), grad_scale, found_inf)
 
 
 # ------------------------------------------------------- foreach RMSprop at lr * s, no copy

@@ -44,6 +44,8 @@ from ._step import (
     scaled_adam_ok,
     scaled_rmsprop_foreach,
     scaled_rmsprop_ok,
+    scaled_single,
+    scaled_single_ok,
     split_to,
 )
 from .policies import Statistics, WarmupPolicy, resolve_policy
@@ -349,6 +351,9 @@ class WarmupOptimizer(Optimizer):
             if scaled_rmsprop_ok(self._algorithm, group, batch, mode):
                 scaled_rmsprop_foreach(group, batch, scale)
                 continue
+            if scaled_single_ok(group, mode, scale):
+                scaled_single(self._algorithm, group, batch, scale, grad_scale, found_inf)
+                continue
             large = fused_large(self._algorithm, group, batch, mode)
             if large:
                 rest = sorted(set(range(n)) - set(large))
@@ -550,7 +555,10 @@ class WarmupOptimizer(Optimizer):
                     at = [offset + i for i in chosen]
                     mine = step[offset : offset + n] if len(at) == n else step[torch.tensor(at)]
                     grads, sqs, ps = self._windows([grads, sqs, ps], cut, mine, size, every, decay)
-            if mode == "single":
+            if mode == "single" and size is None:
+                # every coordinate measured: one tensor at a time keeps the temporaries to one
+                # tensor, as torch's single-tensor step does; with windows they are bounded by
+                # ``size`` per tensor and one foreach call serves them all
                 buckets = [
                     ([[g], [v], [p]], [i]) for i, (g, v, p) in enumerate(zip(grads, sqs, ps))
                 ]
