@@ -21,9 +21,10 @@ per-tensor step size; fused mode calls torch's fused kernel once per tensor of a
 ``FUSED_PER_TENSOR_MIN`` elements at its own ``lr * s`` (``scaled_adam_fused_each``); and
 single-tensor mode on the CPU runs torch's own per-tensor update with ``lr * s`` as a host float
 (``scaled_single``). On the CPU each is torch's step at ``lr * s`` bit for bit (see their
-docstrings and docs/warmup.md, "Cost"). The copy and lerp remain for the small tensors of fused
-mode, foreach RMSprop with momentum, amsgrad in foreach mode, and on accelerators for the
-single-tensor path (whose ``lr`` torch reads on the host).
+docstrings and docs/warmup.md, "Cost"). The copy and lerp remain where none of these applies:
+the small tensors of fused mode, foreach Adam with amsgrad or GradScaler tensors, foreach
+RMSprop with momentum, float16, a tensor ``lr``, ``capturable``/``differentiable``, and the
+single-tensor path on accelerators (whose ``lr`` torch would read on the host).
 """
 
 from __future__ import annotations
