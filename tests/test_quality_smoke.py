@@ -42,6 +42,7 @@ def test_quality_runs_tiny(tmp_path: Path) -> None:
             "warmopt_nodrift",
             "warmopt_prior2",
             "warmopt_sample256",
+            "warmopt_every4",
             "warmopt_group",
         }
         if name == "gru_rmsprop":
