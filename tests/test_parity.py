@@ -104,6 +104,21 @@ def test_wrapped_instance_follows_the_same_trajectory() -> None:
     _assert_same(ours, theirs, opt, ref)
 
 
+def _same_as_torch_at_scaled_lr(case: Case, **mode: bool) -> None:
+    """warmopt with ``Linear(4)`` (scale s = min(1, t/4)) against torch with its lr set to
+    lr * s before each step: same parameters and state, bit for bit, after every step."""
+    ours, theirs = twins(SHAPES)
+    opt = case.warmopt_class()(ours, **case.kwargs, **mode, warmup=warmopt.Linear(4))
+    ref = case.torch_class()(theirs, **case.kwargs, **mode)
+    lr = ref.param_groups[0]["lr"]
+    for t in range(1, 9):
+        feed([ours, theirs], t)  # no None grads: every tensor's step count is t
+        ref.param_groups[0]["lr"] = lr * min(1.0, t / 4)
+        opt.step()
+        ref.step()
+        _assert_same(ours, theirs, opt, ref)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -117,16 +132,7 @@ def test_warming_foreach_step_is_torch_at_lr_times_scale_bit_for_bit(case: Case)
     """warmopt's own foreach Adam/AdamW/RMSprop step (no snapshot, no lerp) at scale
     s = min(1, t/4) is torch's foreach step with the group's lr set to lr * s, bit for bit,
     state included."""
-    ours, theirs = twins(SHAPES)
-    opt = case.warmopt_class()(ours, **case.kwargs, foreach=True, warmup=warmopt.Linear(4))
-    ref = case.torch_class()(theirs, **case.kwargs, foreach=True)
-    lr = ref.param_groups[0]["lr"]
-    for t in range(1, 9):
-        feed([ours, theirs], t)  # no None grads: every tensor's step count is t
-        ref.param_groups[0]["lr"] = lr * min(1.0, t / 4)
-        opt.step()
-        ref.step()
-        _assert_same(ours, theirs, opt, ref)
+    _same_as_torch_at_scaled_lr(case, foreach=True)
 
 
 @pytest.mark.parametrize("case", [c for c, m in CASE_MODES if m == "single"], ids=str)
@@ -134,16 +140,7 @@ def test_warming_single_tensor_step_is_torch_at_lr_times_scale_bit_for_bit(case:
     """Single-tensor mode on the CPU runs torch's own single-tensor update per tensor with the
     group's lr set to lr * s (no copy, no lerp): torch's step at that lr, bit for bit, for every
     case (amsgrad, momentum, centered, weight decay, maximize included), state included."""
-    ours, theirs = twins(SHAPES)
-    opt = case.warmopt_class()(ours, **case.kwargs, foreach=False, warmup=warmopt.Linear(4))
-    ref = case.torch_class()(theirs, **case.kwargs, foreach=False)
-    lr = ref.param_groups[0]["lr"]
-    for t in range(1, 9):
-        feed([ours, theirs], t)
-        ref.param_groups[0]["lr"] = lr * min(1.0, t / 4)
-        opt.step()
-        ref.step()
-        _assert_same(ours, theirs, opt, ref)
+    _same_as_torch_at_scaled_lr(case, foreach=False)
 
 
 @pytest.mark.parametrize(
@@ -156,16 +153,7 @@ def test_warming_fused_adam_per_tensor_is_torch_at_lr_times_scale_bit_for_bit(
     call at lr * s (no copy, no lerp): torch's fused step at that lr, bit for bit. The threshold
     is lowered so that every tensor here takes that path."""
     monkeypatch.setattr(warmopt._step, "FUSED_PER_TENSOR_MIN", 1)
-    ours, theirs = twins(SHAPES)
-    opt = case.warmopt_class()(ours, **case.kwargs, fused=True, warmup=warmopt.Linear(4))
-    ref = case.torch_class()(theirs, **case.kwargs, fused=True)
-    lr = ref.param_groups[0]["lr"]
-    for t in range(1, 9):
-        feed([ours, theirs], t)
-        ref.param_groups[0]["lr"] = lr * min(1.0, t / 4)
-        opt.step()
-        ref.step()
-        _assert_same(ours, theirs, opt, ref)
+    _same_as_torch_at_scaled_lr(case, fused=True)
 
 
 @pytest.mark.parametrize("host", [True, False], ids=["host-scalars", "device-divisors"])
