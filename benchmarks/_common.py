@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -12,8 +13,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 SYNC_OPS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
 
 
+@functools.cache
 def git_commit() -> str:
-    """Short hash of HEAD (``+dirty`` if tracked files differ; ``unknown`` outside git)."""
+    """Short hash of HEAD (``+dirty`` if tracked files outside ``benchmarks/results`` differ;
+    ``unknown`` outside git).
+
+    Taken once per process, at the first call (each benchmark makes it when its run starts), so a
+    long run is stamped with the code it ran, not with whatever HEAD is when it finishes; results
+    written by other benchmarks meanwhile do not make the code "dirty"."""
     here = Path(__file__).resolve().parent
     try:
         rev = subprocess.run(
@@ -24,7 +31,15 @@ def git_commit() -> str:
             cwd=here,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":(top)",
+                ":(top,exclude)benchmarks/results",
+            ],
             capture_output=True,
             text=True,
             check=True,

@@ -233,6 +233,7 @@ def sensitivity(rows: list[dict], loss0: float) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    git_commit()  # stamp the results with the code as it is when the run starts
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--task", choices=sorted(TASKS), default="mse")
     ap.add_argument("--tiny", action="store_true", help="a few steps: checks the script runs")

@@ -1229,6 +1229,7 @@ def _log(msg: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    git_commit()  # stamp the results with the code as it is when the run starts
     args = parse_args(argv)
     preset = PRESETS["tiny" if args.tiny else "quick" if args.quick else "full"]
     started = time.perf_counter()

@@ -67,6 +67,7 @@ def kurtosis_trace(task: str, mode: str, steps: tuple[int, ...], lr: float) -> d
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    git_commit()  # stamp the results with the code as it is when the run starts
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)

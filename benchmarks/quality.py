@@ -1078,6 +1078,7 @@ def _init_worker() -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    git_commit()  # stamp the results with the code as it is when the run starts
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="one seed, half the steps (a few minutes)")

@@ -882,6 +882,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    git_commit()  # stamp the results with the code as it is when the run starts
     args = parse_args(argv)
     preset = PRESETS["tiny" if args.tiny else "quick" if args.quick else "full"]
     device = torch.device(args.device)
