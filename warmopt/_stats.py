@@ -23,6 +23,11 @@ __all__ = [
     "take_window",
 ]
 
+#: Tensors (or windows) of at most this many elements that share a shape are measured stacked on
+#: the CPU (``fresh_ratio_sums(stacked=True)``): copying 2 x 4096 floats costs less than the
+#: per-tensor kernel dispatch of six foreach passes it saves.
+STACK_MAX_NUMEL = 4096
+
 # Denominator floor for g^2 / v̂: keeps 0/0 (a coordinate that has never seen a gradient and
 # gets none now) at 0 instead of NaN. Far below any squared gradient worth measuring.
 _TINY = 1e-30
@@ -91,6 +96,7 @@ def fresh_ratio_sums(
     inv_grad_scale_sq: Tensor | None = None,
     params: list[Tensor] | None = None,
     coupled_decay: float = 0.0,
+    stacked: bool = False,
 ) -> tuple[Tensor, Tensor]:
     r"""Per-tensor sums of the fresh ratio :math:`r = g_t^2 / \hat v_{t-1}` and of :math:`r^2`.
 
@@ -122,6 +128,11 @@ def fresh_ratio_sums(
         coupled_decay: ``c`` when the second moment is built from ``g + c p`` (coupled, L2-style
             weight decay, see ``Algorithm.coupled_decay``): the ratio is then of that sum, as
             torch squares it (one more temporary and two more passes).
+        stacked: the tensors all have the same shape: stack them into one tensor with a row per
+            tensor and run the same passes on it, summing per row. The same numbers (up to the
+            order of the float additions) with one kernel per pass instead of one per tensor:
+            cheaper on the CPU, where each tensor of a foreach op is a kernel of its own, for
+            tensors small enough (``STACK_MAX_NUMEL``) that copying them costs less than that.
 
     Returns:
         ``(sum_r, sum_r2)``: 1-D float32 tensors, one entry per tensor.
@@ -131,7 +142,17 @@ def fresh_ratio_sums(
     # min(x b / v, 1/w) is the capped ratio above (the two branches of the max swap exactly where
     # x b / v = 1/w); in units of r/b the cap is 1/(w b). max(v, tiny) turns 0/0 (never a
     # gradient, none now) into 0. Six foreach passes; two temporaries (x and max(v, tiny)).
-    cap = (1.0 / (newest_weight * prev_bias_correction)).to(dtype).unbind(0)
+    cap = (1.0 / (newest_weight * prev_bias_correction)).to(dtype)
+    caps: list[Tensor]
+    if stacked:
+        k = len(grads)
+        grads = [torch.stack(grads).reshape(k, -1)]
+        sq_avgs = [torch.stack(sq_avgs).reshape(k, -1)]
+        if params is not None and coupled_decay != 0.0:
+            params = [torch.stack(params).reshape(k, -1)]
+        caps = [cap.reshape(k, 1)]
+    else:
+        caps = list(cap.unbind(0))
     if coupled_decay != 0.0 and params is not None:
         g = (
             torch._foreach_mul(grads, inv_grad_scale_sq.sqrt().to(dtype))
@@ -146,7 +167,11 @@ def fresh_ratio_sums(
         if inv_grad_scale_sq is not None:
             torch._foreach_mul_(x, inv_grad_scale_sq.to(dtype))
     torch._foreach_div_(x, torch._foreach_maximum(sq_avgs, tiny))
-    torch._foreach_minimum_(x, cap)  # x now holds r / b
-    sum_q = torch.stack(torch._foreach_norm(x, 1)).float()
-    norm_q = torch.stack(torch._foreach_norm(x, 2)).float()
+    torch._foreach_minimum_(x, caps)  # x now holds r / b
+    if stacked:
+        sum_q = x[0].sum(1).float()
+        norm_q = torch.linalg.vector_norm(x[0], 2, dim=1).float()
+    else:
+        sum_q = torch.stack(torch._foreach_norm(x, 1)).float()
+        norm_q = torch.stack(torch._foreach_norm(x, 2)).float()
     return sum_q * prev_bias_correction, (norm_q * prev_bias_correction) ** 2

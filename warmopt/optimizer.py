@@ -568,23 +568,26 @@ class WarmupOptimizer(Optimizer):
                     with_indices=True,
                 )
                 buckets = list(grouped.values())  # type: ignore[arg-type]
-            for (g_list, v_list, p_list), idx in buckets:
-                dev = g_list[0].device
-                sel = torch.tensor([offset + chosen[i] for i in idx], device=home)
+            for (g_all, v_all, p_all), idx_all in buckets:
+                dev = g_all[0].device
                 gs = None if inv_gs2 is None else inv_gs2.to(dev)
-                s_r, s_r2 = _stats.fresh_ratio_sums(
-                    g_list,
-                    v_list,
-                    prev_bc[sel].to(dev),
-                    weight[sel].to(dev),
-                    gs,
-                    params=p_list,
-                    coupled_decay=decay,
-                )
-                s_r, s_r2 = _sum_over_shards(s_r, s_r2, [batch.grads[i] for i in idx])
-                parts_r.append(s_r.to(home))
-                parts_r2.append(s_r2.to(home))
-                order.extend(offset + chosen[i] for i in idx)
+                for sub, stacked in _stat_calls(g_all):
+                    idx = [idx_all[j] for j in sub]
+                    sel = torch.tensor([offset + chosen[i] for i in idx], device=home)
+                    s_r, s_r2 = _stats.fresh_ratio_sums(
+                        [g_all[j] for j in sub],
+                        [v_all[j] for j in sub],
+                        prev_bc[sel].to(dev),
+                        weight[sel].to(dev),
+                        gs,
+                        params=[p_all[j] for j in sub],
+                        coupled_decay=decay,
+                        stacked=stacked,
+                    )
+                    s_r, s_r2 = _sum_over_shards(s_r, s_r2, [batch.grads[i] for i in idx])
+                    parts_r.append(s_r.to(home))
+                    parts_r2.append(s_r2.to(home))
+                    order.extend(offset + chosen[i] for i in idx)
             offset += n
         if order:
             where = torch.tensor(order).to(home, non_blocking=True)
@@ -804,6 +807,32 @@ def _sum_over_shards(s_r: Tensor, s_r2: Tensor, like: list[Tensor]) -> tuple[Ten
         total = dtensor.from_local(local, mesh, reduce, run_check=False)  # type: ignore[attr-defined]
         sums = sums.index_copy(0, sel, total.full_tensor())
     return sums[:, 0], sums[:, 1]
+
+
+def _stat_calls(ts: list[Tensor]) -> list[tuple[list[int], bool]]:
+    """How to measure one bucket (same device and dtype): ``(positions, stacked)`` per call of
+    ``fresh_ratio_sums``. On the CPU tensors of at most ``STACK_MAX_NUMEL`` elements that share
+    a shape with another are stacked (one call per shape, a kernel per pass rather than per
+    tensor); everything else, and everything on accelerators (where a foreach op is already a
+    few multi-tensor kernels), goes through one foreach call."""
+    if not reads_on_host(ts[0]):
+        return [(list(range(len(ts))), False)]
+    shapes: dict[torch.Size, list[int]] = {}
+    rest: list[int] = []
+    for j, t in enumerate(ts):
+        if t.numel() <= _stats.STACK_MAX_NUMEL:
+            shapes.setdefault(t.shape, []).append(j)
+        else:
+            rest.append(j)
+    calls = []
+    for js in shapes.values():
+        if len(js) >= 2:
+            calls.append((js, True))
+        else:
+            rest.extend(js)
+    if rest:
+        calls.append((sorted(rest), False))
+    return calls
 
 
 def _per_tensor(values: list[float | Tensor], counts: list[int], device: torch.device) -> Tensor:
