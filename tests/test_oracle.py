@@ -80,3 +80,23 @@ def _run_against_reference(case: Case, mode: str, policy: warmopt.WarmupPolicy) 
     with torch.no_grad():
         for a, b in zip(fast, slow):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_windows_of_non_contiguous_gradients_are_the_same_coordinates() -> None:
+    """A window is taken in the tensor's logical (row-major) order: a contiguous gradient (a view
+    into its storage) and a transposed-layout one with the same values (reshaped, then sliced)
+    give the same statistics and scales."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = twins([(12, 10), (40,)])
+    opt_a = warmopt.Adam(a, lr=1e-3, foreach=True, warmup=warmopt.Measured(sample=16))
+    opt_b = warmopt.Adam(b, lr=1e-3, foreach=True, warmup=warmopt.Measured(sample=16))
+    for t in range(1, 10):
+        for pa, pb in zip(a, b):
+            g = torch.randn(pa.shape, generator=gen) * (1 + 0.3 * t)
+            pa.grad = g.clone()
+            pb.grad = g.t().contiguous().t() if g.dim() == 2 else g.clone()
+        assert not b[0].grad.is_contiguous()  # type: ignore[union-attr]
+        opt_a.step()
+        opt_b.step()
+        torch.testing.assert_close(opt_a.warmup_scale[0], opt_b.warmup_scale[0], rtol=0, atol=0)
+    assert 0 < float(max(opt_a.warmup_scale[0])) < 1

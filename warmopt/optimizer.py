@@ -631,7 +631,11 @@ class WarmupOptimizer(Optimizer):
             # Starts readable on the host for free: the windows are views, no gather.
             for start, i in zip(starts.tolist(), which):
                 for ts, src in windowed:
-                    ts[i] = src[i].reshape(-1)[start : start + size]
+                    t = src[i]
+                    if t.is_contiguous():  # one view op instead of a reshape and a slice
+                        ts[i] = t.as_strided((size,), (1,), t.storage_offset() + start)
+                    else:
+                        ts[i] = t.reshape(-1)[start : start + size]
             return out
         starts_on = split_to(starts, like)
         bases: dict[torch.device, Tensor] = {}
