@@ -18,6 +18,7 @@ inside the step.
 from __future__ import annotations
 
 import math
+import operator
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -489,7 +490,7 @@ class WarmupOptimizer(Optimizer):
         """
         cached = self._flat
         if cached is not None and all(
-            len(cached.entries[k]) == len(ts) and all(a is b for a, b in zip(cached.entries[k], ts))
+            len(cached.entries[k]) == len(ts) and all(map(operator.is_, cached.entries[k], ts))
             for k, ts in current.items()
         ):
             return cached
@@ -548,8 +549,10 @@ class WarmupOptimizer(Optimizer):
             sqs = _local_shards(_real(batch.second_moments, batch.has_complex))
             ps = _local_shards(_real(batch.params, batch.has_complex))
             if size is not None:
+                dtensor = _dtensor_type()
                 cut = [
-                    g.numel() > size and not _is_dtensor(g0) for g0, g in zip(batch.grads, grads)
+                    g.numel() > size and not (dtensor is not None and isinstance(g0, dtensor))
+                    for g0, g in zip(batch.grads, grads)
                 ]
                 if any(cut):
                     at = [offset + i for i in chosen]
