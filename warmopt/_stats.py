@@ -24,9 +24,11 @@ __all__ = [
 ]
 
 #: Tensors (or windows) of at most this many elements that share a shape are measured stacked on
-#: the CPU (``fresh_ratio_sums(stacked=True)``): copying 2 x 4096 floats costs less than the
-#: per-tensor kernel dispatch of six foreach passes it saves.
-STACK_MAX_NUMEL = 4096
+#: the CPU (``fresh_ratio_sums(stacked=True)``): for biases and norms, copying them costs less
+#: than the per-tensor kernel dispatch of six foreach passes it saves. Not for windows of 4096:
+#: 200 of them stacked are fresh multi-MB buffers every step, slower than the foreach passes
+#: (``python -m benchmarks.step_cost``; measured with 1024 and 4096 on 400 small tensors).
+STACK_MAX_NUMEL = 1024
 
 # Denominator floor for g^2 / v̂: keeps 0/0 (a coordinate that has never seen a gradient and
 # gets none now) at 0 instead of NaN. Far below any squared gradient worth measuring.
