@@ -587,7 +587,8 @@ class WarmupOptimizer(Optimizer):
                         coupled_decay=decay,
                         stacked=stacked,
                     )
-                    s_r, s_r2 = _sum_over_shards(s_r, s_r2, [batch.grads[i] for i in idx])
+                    if _dtensor_type() is not None:
+                        s_r, s_r2 = _sum_over_shards(s_r, s_r2, [batch.grads[i] for i in idx])
                     parts_r.append(s_r.to(home))
                     parts_r2.append(s_r2.to(home))
                     order.extend(offset + chosen[i] for i in idx)
@@ -661,8 +662,15 @@ class WarmupOptimizer(Optimizer):
             for g in b.grads
         ]
         if size is not None:
-            grads = [g for b in batches for g in b.grads]
-            counts = [n if n <= size or _is_dtensor(g) else size for n, g in zip(counts, grads)]
+            dtensor = _dtensor_type()
+            if dtensor is None:
+                counts = [min(n, size) for n in counts]
+            else:
+                grads = [g for b in batches for g in b.grads]
+                counts = [
+                    n if n <= size or isinstance(g, dtensor) else size
+                    for n, g in zip(counts, grads)
+                ]
         return torch.tensor(counts, dtype=torch.float32).to(home, non_blocking=True)
 
     def _units(self, batches: list[GroupBatch], home: torch.device) -> tuple[Tensor | None, int]:
@@ -774,11 +782,6 @@ def _same(a: Any, b: Any) -> bool:
 def _dtensor_type() -> type | None:
     """``DTensor`` if torch.distributed.tensor is loaded (no DTensor can exist before that)."""
     return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
-
-
-def _is_dtensor(t: Tensor) -> bool:
-    dtensor = _dtensor_type()
-    return dtensor is not None and isinstance(t, dtensor)
 
 
 def _local_shards(ts: list[Tensor]) -> list[Tensor]:
