@@ -7,9 +7,12 @@ Data path of one step (read top-down):
 2. ``_advance_warmup`` (only while some scale is below 1, or the policy may re-warm) measures the
    fresh-ratio statistics against the *previous* second moment, runs the policy once for all
    tensors (1-D tensors, a constant number of ops) and writes the new scales into the state.
-3. Warming Adam/AdamW in foreach mode: ``scaled_adam_foreach`` runs torch's foreach step with a
-   per-tensor step size ``lr * scale``. Otherwise ``run_group`` runs torch's own functional
-   update and moves each tensor back by ``1 - scale`` of its step (``_step.py``).
+3. The update at ``lr * scale`` per tensor (``_step.py``): in foreach mode warmopt's own copy of
+   torch's foreach Adam/AdamW (``scaled_adam_foreach``) or RMSprop (``scaled_rmsprop_foreach``)
+   step with a per-tensor step size; in single-tensor mode on the CPU torch's own per-tensor
+   update with ``lr * scale`` as a host float (``scaled_single``); in fused mode one fused call
+   per large tensor (``scaled_adam_fused_each``). Otherwise ``run_group`` runs torch's own
+   functional update and moves each tensor back by ``1 - scale`` of its step.
 
 The scale never touches ``param_groups[i]['lr']``: LR schedulers own it, the warm-up multiplies it
 inside the step.
