@@ -332,6 +332,24 @@ def _own_foreach_ok(group: dict[str, Any], batch: GroupBatch, mode: str) -> bool
     )
 
 
+def _moment_grads(
+    group: dict[str, Any],
+    params: list[Tensor],
+    grads: list[Tensor],
+    steps: list[Tensor],
+    l2: float,
+) -> list[Tensor]:
+    """The opening of torch's foreach Adam and RMSprop steps, shared by warmopt's copies of them:
+    negate the gradients under ``maximize``, increment the step counts, add ``l2 * p`` for
+    coupled (L2) weight decay. Returns the gradients the moments are built from."""
+    if group["maximize"]:
+        grads = list(torch._foreach_neg(grads))
+    torch._foreach_add_(steps, 1.0)
+    if l2 != 0:
+        grads = list(torch._foreach_add(grads, params, alpha=l2))
+    return grads
+
+
 def scaled_adam_ok(
     algorithm: Algorithm,
     group: dict[str, Any],
@@ -441,14 +459,9 @@ def scaled_adam_foreach(
             _real(cast(list[Tensor], t), batch.has_complex) for t in bucket[:4]
         )
         steps = cast(list[Tensor], bucket[4])
-        if group["maximize"]:
-            grads = list(torch._foreach_neg(grads))
-        torch._foreach_add_(steps, 1.0)
-        if wd != 0:
-            if decoupled:
-                torch._foreach_mul_(params, [decay[i] for i in idx])
-            else:
-                grads = list(torch._foreach_add(grads, params, alpha=wd))
+        grads = _moment_grads(group, params, grads, steps, 0.0 if decoupled else wd)
+        if decoupled and wd != 0:
+            torch._foreach_mul_(params, [decay[i] for i in idx])
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
@@ -503,7 +516,7 @@ def scaled_adam_fused_each(
     beta1, beta2 = group["betas"]
     lr = float(group["lr"])
     lrs: list[Any]
-    if scale.device.type == "cpu":
+    if reads_on_host(scale):
         lrs = [lr * s for s in scale.tolist()]
     else:
         lrs = split_to((lr * scale.double()).float(), batch.params)
@@ -622,11 +635,7 @@ def scaled_rmsprop_foreach(group: dict[str, Any], batch: GroupBatch, scale: Tens
             _real(cast(list[Tensor], t), batch.has_complex) for t in bucket[:3]
         )
         steps = cast(list[Tensor], bucket[4])
-        if group["maximize"]:
-            grads = list(torch._foreach_neg(grads))
-        torch._foreach_add_(steps, 1.0)
-        if wd != 0:
-            grads = list(torch._foreach_add(grads, params, alpha=wd))
+        grads = _moment_grads(group, params, grads, steps, wd)
         torch._foreach_mul_(square_avgs, alpha)
         torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
         if group["centered"]:

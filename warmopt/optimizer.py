@@ -558,8 +558,11 @@ class WarmupOptimizer(Optimizer):
                     for g0, g in zip(batch.grads, grads)
                 ]
                 if any(cut):
-                    at = [offset + i for i in chosen]
-                    mine = step[offset : offset + n] if len(at) == n else step[torch.tensor(at)]
+                    mine = (
+                        step[offset : offset + n]
+                        if len(chosen) == n
+                        else step[torch.tensor([offset + i for i in chosen])]
+                    )
                     grads, sqs, ps = self._windows([grads, sqs, ps], cut, mine, size, every, decay)
             if mode == "single" and size is None:
                 # every coordinate measured: one tensor at a time keeps the temporaries to one
