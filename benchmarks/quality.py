@@ -159,7 +159,7 @@ WARMOPT_POLICIES: dict[str, tuple[Any, str]] = {
 
 def methods_for(spec: TaskSpec, only: Collection[str] | None = None) -> list[str]:
     """The methods of ``spec``'s optimizer, in table order; ``only`` keeps just those named."""
-    methods = ADAM_METHODS if spec.optimizer == "adam" else RMSPROP_METHODS
+    methods = RMSPROP_METHODS if spec.optimizer == "rmsprop" else ADAM_METHODS
     return [m for m in methods if only is None or m in only]
 
 
@@ -199,6 +199,10 @@ class Runner:
 def _base(spec: TaskSpec, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
     if spec.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, betas=(0.9, spec.beta2))
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(
+            params, lr=lr, betas=(0.9, spec.beta2), weight_decay=spec.weight_decay
+        )
     return torch.optim.RMSprop(params, lr=lr, alpha=spec.beta2)
 
 
@@ -247,7 +251,7 @@ def build_runner(method: str, spec: TaskSpec, params: list[torch.Tensor], lr: fl
             opt, decay
         )  # the schedule first, then the warm-up
         warm: Any
-        if spec.optimizer == "adam":
+        if spec.optimizer != "rmsprop":
             cls = (
                 pytorch_warmup.UntunedLinearWarmup
                 if method == "untuned_linear"
@@ -269,7 +273,15 @@ def build_runner(method: str, spec: TaskSpec, params: list[torch.Tensor], lr: fl
 
         return Runner(opt, after)
     if method == "radam":
-        return scheduled(torch.optim.RAdam(params, lr=lr, betas=(0.9, spec.beta2)))
+        return scheduled(
+            torch.optim.RAdam(
+                params,
+                lr=lr,
+                betas=(0.9, spec.beta2),
+                weight_decay=spec.weight_decay,
+                decoupled_weight_decay=spec.optimizer == "adamw",
+            )
+        )
     if method in ("gi_adam", "gi_rmsprop"):
         opt = _base(spec, params, lr)
         opt.register_step_pre_hook(_gradient_init_hook)
@@ -278,7 +290,7 @@ def build_runner(method: str, spec: TaskSpec, params: list[torch.Tensor], lr: fl
         import schedulefree
 
         opt = schedulefree.AdamWScheduleFree(
-            params, lr=lr, betas=(0.9, spec.beta2), weight_decay=0.0, warmup_steps=0
+            params, lr=lr, betas=(0.9, spec.beta2), weight_decay=spec.weight_decay, warmup_steps=0
         )
         return Runner(opt, None, schedule_free=True)
     if method in WARMOPT_POLICIES:
@@ -286,6 +298,15 @@ def build_runner(method: str, spec: TaskSpec, params: list[torch.Tensor], lr: fl
         if spec.optimizer == "adam":
             wopt: torch.optim.Optimizer = warmopt.Adam(
                 params, lr=lr, betas=(0.9, spec.beta2), warmup=policy, granularity=granularity
+            )
+        elif spec.optimizer == "adamw":
+            wopt = warmopt.AdamW(
+                params,
+                lr=lr,
+                betas=(0.9, spec.beta2),
+                weight_decay=spec.weight_decay,
+                warmup=policy,
+                granularity=granularity,
             )
         else:
             wopt = warmopt.RMSprop(
@@ -417,9 +438,9 @@ def anchor_scales(spec: TaskSpec) -> dict[str, Callable[[int], float]]:
     out: dict[str, Callable[[int], float]] = {
         "untuned_linear": lambda t: min(1.0, t / lin_period),
         "untuned_exponential": lambda t: 1.0 - math.exp(-t / exp_period),
-        ("gi_adam" if spec.optimizer == "adam" else "gi_rmsprop"): lambda t: math.sqrt(1 - b**t),
+        ("gi_rmsprop" if spec.optimizer == "rmsprop" else "gi_adam"): lambda t: math.sqrt(1 - b**t),
     }
-    if spec.optimizer == "adam":
+    if spec.optimizer != "rmsprop":
         out["radam"] = radam
     return out
 

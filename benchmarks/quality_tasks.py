@@ -18,6 +18,22 @@ Every task ships offline and is loaded by real code:
 * ``gru_rmsprop`` a small GRU character model on the same text, trained with RMSprop (whose first
                   update is ~10x ``lr``: ``square_avg`` is not bias-corrected).
 
+Held-out tasks (``split="heldout"``): fixed before any method was run on them, and never used to
+choose a constant, a default or a design; results on them are reported separately.
+
+* ``digits_cnn``         the digits images through a small CNN (two 3x3 convolutions, max-pool,
+                         linear head), cross-entropy, mini-batches of 32, Adam.
+* ``cancer_mlp``         scikit-learn's bundled breast-cancer table (``load_breast_cancer``),
+                         standardised, an MLP 30-64-64-2, AdamW (weight decay 0.01, beta2 0.99).
+* ``digits_ae``          an autoencoder 64-128-16-128-64 on the digits images (sigmoid output,
+                         summed squared error), mini-batches of 64, Adam.
+* ``code_tf_b95``        a character-level pre-LN Transformer on Python source code from this
+                         interpreter's standard library (``difflib``, ``dataclasses``,
+                         ``textwrap``, ``pprint``), AdamW with weight decay 0.1, beta2 0.95.
+* ``code_tf_b999``       the same at beta2 0.999.
+* ``code_lstm_rmsprop``  a character LSTM on other standard-library source (``typing``,
+                         ``inspect``), RMSprop.
+
 A *problem* (built once per worker process and cached) knows how to make the model for a seed,
 the batch plan for a seed (drawn up front from its own generator, so every method sees the same
 batches in the same order) and how to evaluate the training and validation loss on fixed data.
@@ -44,12 +60,15 @@ class TaskSpec:
     Attributes:
         name: key in :data:`TASKS`.
         title: one line for tables and plots.
-        optimizer: ``"adam"`` or ``"rmsprop"``.
+        optimizer: ``"adam"``, ``"adamw"`` (decoupled ``weight_decay``) or ``"rmsprop"``.
         beta2: Adam's ``betas[1]`` or RMSprop's ``alpha``.
         lrs: the learning-rate grid (half-decades).
         steps: optimizer steps per run.
         oracle_lengths: the linear warm-up lengths the hand-tuned oracle chooses from.
         size: model and batch sizes, passed to the problem.
+        split: ``"tuning"`` (constants and designs may be chosen on it) or ``"heldout"``
+            (never looked at before a design is frozen; see the module docstring).
+        weight_decay: AdamW's decoupled weight decay (``optimizer="adamw"`` only).
     """
 
     name: str
@@ -60,6 +79,8 @@ class TaskSpec:
     steps: int
     oracle_lengths: tuple[int, ...]
     size: dict[str, int] = field(default_factory=dict)
+    split: str = "tuning"
+    weight_decay: float = 0.0
 
     @property
     def problem_key(self) -> tuple[Any, ...]:
@@ -176,10 +197,111 @@ def task_specs(mode: str) -> list[TaskSpec]:
             gru,
         )
     )
+    specs += _heldout_specs(steps, lengths, grid, tiny)
     return specs
 
 
+def _heldout_specs(
+    steps: Callable[[int], int],
+    lengths: Callable[[int], tuple[int, ...]],
+    grid: Callable[[float, float], tuple[float, ...]],
+    tiny: bool,
+) -> list[TaskSpec]:
+    """The held-out tasks: fixed (data, model, optimizer, grid, steps) before any result on them
+    was seen, and never used to choose anything."""
+    lm = (
+        {"d_model": 16, "layers": 1, "heads": 2, "ff": 32, "ctx": 16, "batch": 4}
+        if tiny
+        else {"d_model": 64, "layers": 2, "heads": 4, "ff": 256, "ctx": 32, "batch": 16}
+    )
+    out = []
+    n = steps(300)
+    out.append(
+        TaskSpec(
+            "digits_cnn",
+            "digits CNN (2 conv + linear), cross-entropy, batch 32 (Adam)",
+            "adam",
+            0.999,
+            grid(-3, -0.5),
+            n,
+            lengths(n),
+            {"channels": 4 if tiny else 16, "batch": 32},
+            split="heldout",
+        )
+    )
+    n = steps(200)
+    out.append(
+        TaskSpec(
+            "cancer_mlp",
+            "breast-cancer MLP, cross-entropy, batch 32 (AdamW wd 0.01, beta2 0.99)",
+            "adamw",
+            0.99,
+            grid(-3, -0.5),
+            n,
+            lengths(n),
+            {"width": 16 if tiny else 64, "batch": 32},
+            split="heldout",
+            weight_decay=0.01,
+        )
+    )
+    n = steps(300)
+    out.append(
+        TaskSpec(
+            "digits_ae",
+            "digits autoencoder 64-128-16-128-64, MSE, batch 64 (Adam)",
+            "adam",
+            0.999,
+            grid(-3, -0.5),
+            n,
+            lengths(n),
+            {"width": 32 if tiny else 128, "code": 16, "batch": 64},
+            split="heldout",
+        )
+    )
+    for beta2, tag in ((0.95, "b95"), (0.999, "b999")):
+        n = steps(250)
+        out.append(
+            TaskSpec(
+                f"code_tf_{tag}",
+                f"char LM on Python source, pre-LN Transformer (AdamW wd 0.1, beta2 {beta2})",
+                "adamw",
+                beta2,
+                grid(-3, -1),
+                n,
+                lengths(n),
+                {**lm, "arch": 1},
+                split="heldout",
+                weight_decay=0.1,
+            )
+        )
+    n = steps(250)
+    out.append(
+        TaskSpec(
+            "code_lstm_rmsprop",
+            "char LM on Python source, LSTM (RMSprop)",
+            "rmsprop",
+            0.99,
+            grid(-3, -1),
+            n,
+            lengths(n),
+            {"embed": 8, "hidden": 16, "ctx": 16, "batch": 4}
+            if tiny
+            else {"embed": 32, "hidden": 128, "ctx": 32, "batch": 16},
+            split="heldout",
+        )
+    )
+    return out
+
+
 TASKS = ("digits_ce", "digits_mse", "lm_post_ln", "lm_pre_ln", "gru_rmsprop")
+HELDOUT_TASKS = (
+    "digits_cnn",
+    "cancer_mlp",
+    "digits_ae",
+    "code_tf_b95",
+    "code_tf_b999",
+    "code_lstm_rmsprop",
+)
 
 
 # --------------------------------------------------------------------------- problems
@@ -370,8 +492,10 @@ class CharProblem(Problem):
 
     EVAL_BATCHES = 8
 
-    def __init__(self, factory: Callable[[int], nn.Module], ctx: int, batch: int) -> None:
-        text = load_text()
+    def __init__(
+        self, factory: Callable[[int], nn.Module], ctx: int, batch: int, text: str | None = None
+    ) -> None:
+        text = load_text() if text is None else text
         self.chars = sorted(set(text))
         lookup = {c: i for i, c in enumerate(self.chars)}
         data = torch.tensor([lookup[c] for c in text], dtype=torch.long)
@@ -424,6 +548,163 @@ class CharProblem(Problem):
         return _entropy(self.train_eval[:, 1:], self.vocab)
 
 
+class DigitsCNN(nn.Module):
+    """Two 3x3 convolutions (ReLU), a 2x2 max-pool and a linear head on the 8x8 digit images."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, 2 * channels, 3, padding=1)
+        self.head = nn.Linear(2 * channels * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.conv1(x.view(-1, 1, 8, 8)))
+        h = F.max_pool2d(F.relu(self.conv2(h)), 2)
+        return self.head(h.flatten(1))
+
+
+class DigitsCNNProblem(DigitsProblem):
+    """Digits with the demo's split, the small CNN above, cross-entropy, mini-batches."""
+
+    def __init__(self, channels: int, batch: int) -> None:
+        super().__init__("ce", 0, batch)
+        self.channels = channels
+
+    def make_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return DigitsCNN(self.channels)
+
+    def kinds(self, model: nn.Module) -> dict[str, str]:
+        return param_kinds(model)
+
+
+class CancerProblem(Problem):
+    """scikit-learn's bundled breast-cancer data (569 x 30), standardised on the training split
+    (80/20, fixed permutation); an MLP 30-w-w-2 with ReLU, cross-entropy, mini-batches."""
+
+    def __init__(self, width: int, batch: int) -> None:
+        from sklearn.datasets import load_breast_cancer
+
+        x, y = load_breast_cancer(return_X_y=True)
+        x = torch.tensor(x, dtype=torch.float32)
+        y = torch.tensor(y, dtype=torch.long)
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        cut = int(0.8 * len(x))
+        tr, va = perm[:cut], perm[cut:]
+        mu, sd = x[tr].mean(0), x[tr].std(0)
+        self.x_train, self.y_train = (x[tr] - mu) / sd, y[tr]
+        self.x_val, self.y_val = (x[va] - mu) / sd, y[va]
+        self.width, self.batch = width, batch
+
+    def make_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        w = self.width
+        return nn.Sequential(
+            nn.Linear(30, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, 2)
+        )
+
+    def plan(self, seed: int, steps: int) -> Any:
+        gen = torch.Generator().manual_seed(1000 + seed)
+        return torch.randint(0, len(self.x_train), (steps, self.batch), generator=gen)
+
+    def loss(self, model: nn.Module, plan: Any, step: int) -> torch.Tensor:
+        idx = plan[step]
+        return F.cross_entropy(model(self.x_train[idx]), self.y_train[idx])
+
+    @torch.no_grad()
+    def train_loss(self, model: nn.Module) -> float:
+        return float(F.cross_entropy(model(self.x_train), self.y_train))
+
+    @torch.no_grad()
+    def val_loss(self, model: nn.Module) -> float:
+        return float(F.cross_entropy(model(self.x_val), self.y_val))
+
+    @torch.no_grad()
+    def extra(self, model: nn.Module) -> dict[str, float]:
+        acc = (model(self.x_val).argmax(1) == self.y_val).float().mean()
+        return {"val_acc": float(acc)}
+
+    def constant_loss(self) -> float:
+        return _entropy(self.y_train, 2)
+
+
+class AutoencoderProblem(Problem):
+    """Digits images (the demo's split) through 64-w-code-w-64 with ReLU and a sigmoid output;
+    squared reconstruction error summed over the 64 pixels, averaged over images."""
+
+    def __init__(self, width: int, code: int, batch: int) -> None:
+        from .demo import load_data
+
+        data = load_data()
+        self.x_train, self.x_val = data.x_train, data.x_val
+        self.width, self.code, self.batch = width, code, batch
+
+    def make_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        w, c = self.width, self.code
+        return nn.Sequential(
+            nn.Linear(64, w), nn.ReLU(), nn.Linear(w, c), nn.ReLU(),
+            nn.Linear(c, w), nn.ReLU(), nn.Linear(w, 64), nn.Sigmoid(),
+        )  # fmt: skip
+
+    @staticmethod
+    def _loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return (model(x) - x).square().sum(1).mean()
+
+    def plan(self, seed: int, steps: int) -> Any:
+        gen = torch.Generator().manual_seed(1000 + seed)
+        return torch.randint(0, len(self.x_train), (steps, self.batch), generator=gen)
+
+    def loss(self, model: nn.Module, plan: Any, step: int) -> torch.Tensor:
+        return self._loss(model, self.x_train[plan[step]])
+
+    @torch.no_grad()
+    def train_loss(self, model: nn.Module) -> float:
+        return float(self._loss(model, self.x_train))
+
+    @torch.no_grad()
+    def val_loss(self, model: nn.Module) -> float:
+        return float(self._loss(model, self.x_val))
+
+    def constant_loss(self) -> float:
+        # the best constant reconstruction is the mean training image
+        return float((self.x_train - self.x_train.mean(0)).square().sum(1).mean())
+
+
+def load_code() -> tuple[str, str]:
+    """Two corpora of Python source code from this interpreter's standard library (no download):
+    one for the held-out Transformers, a disjoint one for the held-out LSTM."""
+    import dataclasses
+    import difflib
+    import inspect
+    import pprint
+    import textwrap
+    import typing
+
+    def read(*mods: Any) -> str:
+        parts = []
+        for m in mods:
+            with open(m.__file__, encoding="utf-8") as f:
+                parts.append(f.read())
+        return "\n".join(parts)
+
+    return read(difflib, dataclasses, textwrap, pprint), read(typing, inspect)
+
+
+class CharLSTM(nn.Module):
+    """Embedding, one LSTM layer, a linear head."""
+
+    def __init__(self, vocab: int, embed: int, hidden: int) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, embed)
+        self.lstm = nn.LSTM(embed, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.tok(idx))
+        return self.head(out)
+
+
 _CACHE: dict[tuple[Any, ...], Problem] = {}
 
 
@@ -461,6 +742,27 @@ def get_problem(spec: TaskSpec) -> Problem:
                 return CharGRU(vocab, s["embed"], s["hidden"])
 
             prob = CharProblem(factory, s["ctx"], s["batch"])
+        elif spec.name == "digits_cnn":
+            prob = DigitsCNNProblem(s["channels"], s["batch"])
+        elif spec.name == "cancer_mlp":
+            prob = CancerProblem(s["width"], s["batch"])
+        elif spec.name == "digits_ae":
+            prob = AutoencoderProblem(s["width"], s["code"], s["batch"])
+        elif spec.name.startswith("code_tf_"):
+
+            def factory(vocab: int, s: dict[str, int] = s) -> nn.Module:
+                return CharTransformer(
+                    vocab, s["d_model"], s["layers"], s["heads"], s["ff"], s["ctx"],
+                    pre_ln=True, final_norm=True,
+                )  # fmt: skip
+
+            prob = CharProblem(factory, s["ctx"], s["batch"], text=load_code()[0])
+        elif spec.name == "code_lstm_rmsprop":
+
+            def factory(vocab: int, s: dict[str, int] = s) -> nn.Module:
+                return CharLSTM(vocab, s["embed"], s["hidden"])
+
+            prob = CharProblem(factory, s["ctx"], s["batch"], text=load_code()[1])
         else:
             raise ValueError(f"unknown task {spec.name!r}")
         _CACHE[key] = prob
