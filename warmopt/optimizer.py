@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Adam, Optimizer
-from torch.optim.optimizer import ParamsT, _use_grad_for_differentiable
+from torch.optim import Adam, AdamW, Optimizer, RMSprop
+from torch.optim.optimizer import ParamsT, _get_scalar_dtype, _use_grad_for_differentiable
 
 from . import _stats
 from ._step import (
@@ -243,6 +243,7 @@ class WarmupOptimizer(Optimizer):
         self.param_groups = base.param_groups
         self.state = base.state
         self.defaults = base.defaults
+        self._base_class: type[Optimizer] = type(base)
         self._algorithm: Algorithm = algorithm
         self._step_supports_amp_scaling = bool(getattr(base, "_step_supports_amp_scaling", False))
         self.warmup: WarmupPolicy | None = policy
@@ -256,7 +257,7 @@ class WarmupOptimizer(Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.update(
-            _algorithm_name=self._algorithm.name,
+            _base_name=self._base_class.__name__,
             _step_supports_amp_scaling=self._step_supports_amp_scaling,
             warmup=self.warmup,
             granularity=self.granularity,
@@ -266,11 +267,19 @@ class WarmupOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # torch's load_state_dict calls __setstate__ too, with only "state" and "param_groups":
         # keep the current algorithm then (defaulting to Adam made a loaded RMSprop step as Adam).
-        name = state.pop("_algorithm_name", None)
+        base_name = state.pop("_base_name", None)
+        legacy_name = state.pop("_algorithm_name", None)  # pickles made before _base_name
         super().__setstate__(state)
-        if name is not None or "_algorithm" not in self.__dict__:
-            name = name or "adam"
-            self._algorithm = next(a for a in ALGORITHMS.values() if a.name == name)
+        if base_name is not None:
+            self._base_class = _BASES[base_name]
+        elif legacy_name is not None or "_base_class" not in self.__dict__:
+            if legacy_name == "rmsprop":
+                self._base_class = RMSprop
+            else:
+                decoupled = self.defaults.get("decoupled_weight_decay", False)
+                self._base_class = AdamW if decoupled else Adam
+        self._algorithm = ALGORITHMS[self._base_class]
+        _fill_in_as_torch(self._base_class, self.param_groups, self.state)
         self._warmup_done = False
         self._done_state_count = -1
         self._done_flag = _HostFlag()
@@ -783,6 +792,64 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         return False
     return bool(a == b)
+
+
+#: The torch classes WarmupOptimizer steps, by name (pickles store the name).
+_BASES: dict[str, type[Optimizer]] = {cls.__name__: cls for cls in ALGORITHMS}
+
+#: The flags each torch class's ``__setstate__`` fills in for state dicts saved before the flag
+#: existed, with the default it fills in (AdamW: Adam's, then ``decoupled_weight_decay=True``).
+_LOAD_DEFAULTS: dict[type[Optimizer], dict[str, Any]] = {
+    Adam: {
+        "amsgrad": False,
+        "maximize": False,
+        "foreach": None,
+        "capturable": False,
+        "differentiable": False,
+        "decoupled_weight_decay": False,
+        "fused": None,
+    },
+    RMSprop: {
+        "momentum": 0,
+        "centered": False,
+        "foreach": None,
+        "maximize": False,
+        "differentiable": False,
+        "capturable": False,
+    },
+}
+_LOAD_DEFAULTS[AdamW] = _LOAD_DEFAULTS[Adam]
+
+
+def _fill_in_as_torch(
+    base: type[Optimizer], groups: list[dict[str, Any]], state: dict[Any, dict[str, Any]]
+) -> None:
+    """What ``base.__setstate__`` (torch's Adam, AdamW or RMSprop) does to a loaded state.
+
+    Older state dicts lack flags added since (``maximize``, ``foreach``, ``capturable``,
+    ``differentiable``, ``fused``, ``decoupled_weight_decay``): each group gets torch's default
+    for them, and AdamW's groups ``decoupled_weight_decay=True``. A Python-number ``step``
+    (older checkpoints) becomes the tensor torch makes of it: float32 (float64 under a float64
+    default dtype, except fused), on the parameter's device when the group is capturable or
+    fused, else on the CPU.
+    """
+    for group in groups:
+        for key, default in _LOAD_DEFAULTS[base].items():
+            group.setdefault(key, default)
+        if base is AdamW:
+            group["decoupled_weight_decay"] = True
+        fused = group.get("fused")
+        for p in group["params"]:
+            st = state.get(p)
+            if not st or "step" not in st or torch.is_tensor(st["step"]):
+                continue
+            step = float(st["step"])
+            if group["capturable"] or fused:
+                st["step"] = torch.tensor(
+                    step, dtype=_get_scalar_dtype(is_fused=fused), device=p.device
+                )
+            else:
+                st["step"] = torch.tensor(step, dtype=_get_scalar_dtype())
 
 
 def _dtensor_type() -> type | None:
