@@ -295,6 +295,13 @@ class WarmupOptimizer(Optimizer):
         saved values in float32. A checkpoint without them (plain torch.optim.Adam) loads too: the
         warm-up state is then created on the next step and the policy restarts from the
         checkpoint's step count (see docs/warmup.md, "Resuming").
+
+        A checkpoint saved under another policy loads the same way: the ``warmup_*`` entries
+        this optimizer's policy does not use are dropped (all of them with ``warmup=None``), and
+        those it needs but the checkpoint lacks start from their initial values, so the policy
+        continues from the checkpoint's step counts as from a plain torch checkpoint. Under
+        another granularity the per-tensor numbers are pooled into the new units on the next
+        step, as on every step (a unit is as far along as its least-warmed tensor).
         """
         # The restore works through temporary hooks so that user hooks keep torch's semantics:
         # the pre-hook runs after the user's and reads the state dict they returned (reading the
@@ -316,7 +323,8 @@ class WarmupOptimizer(Optimizer):
         self._flat = None
 
     def _restore_warmup_state(self, state_dict: dict[str, Any]) -> None:
-        """Copy the saved ``warmup_*`` entries into the state as float32 (torch cast them)."""
+        """Copy the saved ``warmup_*`` entries into the state as float32 (torch cast them), then
+        fit them to this optimizer's policy."""
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
@@ -326,6 +334,26 @@ class WarmupOptimizer(Optimizer):
                     self.state[p][key] = value.detach().to(
                         dtype=torch.float32, device=p.device, copy=True
                     )
+        self._fit_warmup_state()
+
+    def _fit_warmup_state(self) -> None:
+        """Make loaded ``warmup_*`` entries those of this optimizer's policy: drop the keys it
+        does not use, and where a parameter has some but not all of the keys it needs (a
+        checkpoint saved under another policy), add the missing ones at their initial values.
+        A parameter with none keeps none: its warm-up state is created on its next step."""
+        policy = self.warmup
+        initial = {} if policy is None else {"scale": 0.0, **policy.initial_state()}
+        wanted = {_PREFIX + k for k in initial}
+        for p, st in self.state.items():
+            present = [k for k in st if isinstance(k, str) and k.startswith(_PREFIX)]
+            for key in present:
+                if key not in wanted:
+                    del st[key]
+            if not any(key in wanted for key in present):
+                continue
+            for name, value in initial.items():
+                if _PREFIX + name not in st:
+                    st[_PREFIX + name] = torch.tensor(value, dtype=torch.float32, device=p.device)
 
     # ------------------------------------------------------------------ the step
 
