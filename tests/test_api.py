@@ -170,3 +170,36 @@ def test_sparse_gradients_are_refused_before_anything_changes() -> None:
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
     assert len(opt.state) == 0 and torch.equal(dense.detach(), torch.ones(3))
+
+
+NO_NUMPY = """
+import sys
+sys.modules["numpy"] = None  # import numpy raises ImportError: torch runs without it
+import torch, warmopt
+try:
+    torch.zeros(1).numpy()
+    raise SystemExit("NumPy is still reachable")
+except RuntimeError:  # "Numpy is not available"
+    pass
+w = torch.nn.Parameter(torch.zeros(3))
+for cls in (warmopt.Adam, warmopt.AdamW, warmopt.RMSprop):
+    opt = cls([w], lr=1e-3, warmup=warmopt.Linear(2))
+    for _ in range(4):
+        w.grad = torch.randn(3)
+        opt.step()
+    assert opt._warmup_done, cls
+    warmopt.warmup_summary(opt)
+    opt.warmup_stats()
+print("ok")
+"""
+
+
+def test_warmopt_needs_torch_only_not_numpy() -> None:
+    """torch works without NumPy; so must warmopt (the end of warm-up is read on the host)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_NUMPY], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

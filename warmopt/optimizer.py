@@ -99,8 +99,9 @@ class _HostFlag:
     def poll(self) -> bool | None:
         if self._host is None or (self._event is not None and not self._event.query()):
             return None
-        # .numpy() reads host memory directly: no dispatched op, no device sync.
-        return bool(self._host.numpy())
+        # .tolist() reads host memory directly: no dispatched op, no device sync, and unlike
+        # .numpy() it needs no NumPy (warmopt depends on torch only).
+        return bool(self._host.tolist())
 
 
 def _stack_to(tensors: list[Tensor], device: torch.device) -> Tensor:
