@@ -23,9 +23,10 @@ from __future__ import annotations
 import math
 import operator
 import sys
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -166,6 +167,10 @@ class WarmupOptimizer(Optimizer):
         >>> wrapped = warmopt.WarmupOptimizer(torch.optim.RMSprop(model.parameters(), lr=1e-3))
     """
 
+    #: Whether the constructor takes an optimizer instance to wrap (warmopt.Adam, AdamW and
+    #: RMSprop take parameters only, as their torch namesakes).
+    _wraps_optimizers: ClassVar[bool] = True
+
     def __init__(
         self,
         params: ParamsT | Optimizer,
@@ -184,6 +189,7 @@ class WarmupOptimizer(Optimizer):
         warmup: WarmupPolicy | str | None = "measured",
         granularity: str = "tensor",
     ) -> None:
+        _check_params(type(self), params)
         policy = resolve_policy(warmup)
         _check_granularity(granularity)
         if isinstance(params, Optimizer):
@@ -254,6 +260,14 @@ class WarmupOptimizer(Optimizer):
         self._done_flag = _HostFlag()
         self._warm_calls = 0
         self._flat: _FlatState | None = None
+        self._seen_lrs: list[float | None] = []
+        self._lr_rise_warned = False
+
+    def __repr__(self) -> str:
+        """torch's ``Optimizer.__repr__`` (class name and every param group), with two more
+        lines: the warm-up policy and the granularity."""
+        text = super().__repr__()
+        return f"{text[:-1]}warmup: {self.warmup!r}\ngranularity: {self.granularity}\n)"
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -281,6 +295,8 @@ class WarmupOptimizer(Optimizer):
                 self._base_class = AdamW if decoupled else Adam
         self._algorithm = ALGORITHMS[self._base_class]
         _fill_in_as_torch(self._base_class, self.param_groups, self.state)
+        self._seen_lrs = []  # the loaded lrs are not a rise
+        self._lr_rise_warned = self.__dict__.get("_lr_rise_warned", False)
         self._warmup_done = False
         self._done_state_count = -1
         self._done_flag = _HostFlag()
@@ -322,6 +338,7 @@ class WarmupOptimizer(Optimizer):
         self._done_flag.reset()
         self._warm_calls = 0
         self._flat = None
+        self._seen_lrs = []
 
     def _restore_warmup_state(self, state_dict: dict[str, Any]) -> None:
         """Copy the saved ``warmup_*`` entries into the state as float32 (torch cast them), then
@@ -372,6 +389,8 @@ class WarmupOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         _check_not_sparse(self.param_groups)
+        if self.warmup is not None and not self._lr_rise_warned:
+            self._check_lr_rise()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         batches = [self._algorithm.init_group(self, g) for g in self.param_groups]
@@ -409,6 +428,35 @@ class WarmupOptimizer(Optimizer):
             keep = split_to((1.0 - scale).float(), batch.params)
             run_group(self._algorithm, group, batch, mode, keep, grad_scale, found_inf)
         return loss
+
+    def _check_lr_rise(self) -> None:
+        """Warn once if a group's ``lr`` rose since the previous step while still warming up.
+
+        A rising ``lr`` during warm-up is a scheduler with a warm-up of its own (``LinearLR``,
+        ``OneCycleLR``, Hugging Face's ``get_*_schedule_with_warmup``): its ramp and warmopt's
+        multiply. Compared on the host, only where ``lr`` is a Python number (a tensor ``lr`` is
+        skipped: reading it could sync with the device); a rise of less than one part in 10^6 is
+        float rounding, not a ramp. Decaying and constant schedules never rise.
+        """
+        lrs = [g["lr"] for g in self.param_groups]
+        if not self._warmup_done:
+            for i, (lr, before) in enumerate(zip(lrs, self._seen_lrs)):
+                if before is not None and isinstance(lr, (int, float)) and lr > before * _RISE:
+                    self._lr_rise_warned = True
+                    warnings.warn(
+                        f"{type(self).__name__}: the lr of param group {i} rose from {before:.3g} "
+                        f"to {lr:.3g} while warmopt is still warming up, so the scheduler's "
+                        "warm-up and warmopt's multiply. Drop the warm-up phase of the LR "
+                        "schedule (warmopt warms up by itself), or pass warmup=None to keep the "
+                        "schedule's warm-up only.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                    return
+        self._seen_lrs = [
+            float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+            for lr in lrs
+        ]
 
     def _advance_warmup(
         self,
@@ -793,27 +841,22 @@ class WarmupOptimizer(Optimizer):
             out.append(_stack_to(vals, dev))
         return out
 
-    def warmup_stats(self) -> dict[str, Any]:
-        """Plain-float summary for loggers. **Syncs with the device** (one copy of all values).
+    def warmup_stats(self) -> dict[str, float]:
+        """:func:`warmopt.monitor.warmup_summary` as plain floats, for loggers. **Syncs with the
+        device** (one copy of all values).
 
-        The numbers of :func:`warmopt.monitor.warmup_summary` as floats, over the tensors that
-        have stepped at least once: ``scale_min``, ``scale_median``, ``scale_max``,
-        ``fraction_warmed`` (share of those tensors at scale 1), ``lr_effective`` (a list, per
-        group: ``lr`` times the group's median scale; NaN for a group none of whose tensors has
-        stepped), and, for :class:`Measured`, the medians of ``kurtosis`` (the estimate of
-        kappa - 1) and ``drift``. Before the first step every entry is NaN.
+        The same keys as the summary: ``scale_min``, ``scale_median``, ``scale_max``,
+        ``fraction_warmed`` (share of the stepped tensors at scale 1) and, for
+        :class:`Measured`, ``kurtosis`` and ``drift`` (medians), over the tensors that have
+        stepped at least once; the same per group under ``group{i}/``, plus
+        ``group{i}/lr_effective`` (the group's ``lr`` times its median scale). Entries without
+        any stepped tensor (before the first step, a group not stepped yet) are NaN.
         """
         from .monitor import warmup_summary
 
         summary = warmup_summary(self)
-        keys = list(summary)
-        values = torch.stack([summary[k] for k in keys]).cpu().tolist()
-        flat = dict(zip(keys, values))
-        out: dict[str, Any] = {k: v for k, v in flat.items() if not k.startswith("group")}
-        out["lr_effective"] = [
-            flat[f"group{i}/lr_effective"] for i in range(len(self.param_groups))
-        ]
-        return out
+        values = torch.stack(list(summary.values())).cpu().tolist()
+        return dict(zip(summary, values))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -821,6 +864,23 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         return False
     return bool(a == b)
+
+
+#: A group's lr counts as risen above ``before`` beyond ``before * _RISE`` (not float rounding).
+_RISE = 1.0 + 1e-6
+
+
+def _check_params(cls: type[WarmupOptimizer], params: Any) -> None:
+    """warmopt.Adam/AdamW/RMSprop take parameters, as torch's classes; say what to use instead
+    of handing them an optimizer (torch's own check would say it is not iterable)."""
+    if isinstance(params, Optimizer) and not cls._wraps_optimizers:
+        got = f"{type(params).__module__}.{type(params).__qualname__}"
+        raise TypeError(
+            f"warmopt.{cls.__name__} takes params (parameters or param groups, as "
+            f"torch.optim.{cls.__name__}), not an optimizer (got a {got}); to add a warm-up "
+            "to an existing torch.optim.Adam, AdamW or RMSprop, use "
+            "warmopt.WarmupOptimizer(optimizer)"
+        )
 
 
 #: The torch classes WarmupOptimizer steps, by name (pickles store the name).
