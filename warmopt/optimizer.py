@@ -282,17 +282,15 @@ class WarmupOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # torch's load_state_dict calls __setstate__ too, with only "state" and "param_groups":
         # keep the current algorithm then (defaulting to Adam made a loaded RMSprop step as Adam).
-        base_name = state.pop("_base_name", None)
-        legacy_name = state.pop("_algorithm_name", None)  # pickles made before _base_name
+        name = state.pop("_base_name", None)
+        legacy = state.pop("_algorithm_name", None)  # pickles made before _base_name
         super().__setstate__(state)
-        if base_name is not None:
-            self._base_class = _BASES[base_name]
-        elif legacy_name is not None or "_base_class" not in self.__dict__:
-            if legacy_name == "rmsprop":
-                self._base_class = RMSprop
-            else:
-                decoupled = self.defaults.get("decoupled_weight_decay", False)
-                self._base_class = AdamW if decoupled else Adam
+        if name is None and (legacy is not None or "_base_class" not in self.__dict__):
+            # "adam" served AdamW too: its defaults tell them apart
+            decoupled = self.defaults.get("decoupled_weight_decay", False)
+            name = "RMSprop" if legacy == "rmsprop" else "AdamW" if decoupled else "Adam"
+        if name is not None:
+            self._base_class = _BASES[name]
         self._algorithm = ALGORITHMS[self._base_class]
         _fill_in_as_torch(self._base_class, self.param_groups, self.state)
         self._seen_lrs = []  # the loaded lrs are not a rise
