@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import pydoc
+import re
 
 import pytest
 import torch
@@ -74,6 +76,24 @@ def test_wrapping_another_optimizer_is_a_type_error(cls: type) -> None:
         warmopt.WarmupOptimizer(inner)
 
 
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        (warmopt.Adam, torch.optim.Adam),
+        (warmopt.AdamW, torch.optim.AdamW),
+        (warmopt.RMSprop, torch.optim.RMSprop),
+    ],
+    ids=lambda c: c.__name__,
+)
+def test_the_named_classes_refuse_an_optimizer_and_point_to_the_wrapper(
+    ours: type, theirs: type
+) -> None:
+    inner = theirs([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    with pytest.raises(TypeError, match=r"params .*not an optimizer.*WarmupOptimizer\(optimizer\)"):
+        ours(inner)
+    assert inner.state == {} and warmopt.WarmupOptimizer(inner).param_groups is inner.param_groups
+
+
 def test_wrapper_rejects_hyperparameters_it_would_ignore() -> None:
     inner = torch.optim.Adam([torch.nn.Parameter(torch.ones(1))])
     with pytest.raises(TypeError, match="lr"):
@@ -90,7 +110,7 @@ def test_scale_is_a_device_tensor_and_stats_are_floats() -> None:
     assert scales.device == model.weight.device
     stats = opt.warmup_stats()
     assert all(isinstance(stats[k], float) for k in ("scale_min", "scale_median", "scale_max"))
-    assert math.isclose(stats["lr_effective"][0], 0.1 * stats["scale_median"], rel_tol=1e-6)
+    assert math.isclose(stats["group0/lr_effective"], 0.1 * stats["scale_median"], rel_tol=1e-6)
     assert opt.param_groups[0]["lr"] == 0.1  # the warm-up never writes lr
 
 
@@ -99,12 +119,25 @@ def test_warmup_stats_ignores_parameters_that_never_stepped() -> None:
     live, frozen = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
     opt = warmopt.Adam([live, frozen], lr=0.1)
     before = opt.warmup_stats()
-    assert math.isnan(before["scale_median"]) and math.isnan(before["lr_effective"][0])
+    assert math.isnan(before["scale_median"]) and math.isnan(before["group0/lr_effective"])
     live.grad = torch.ones(4)
     opt.step()
     stats = opt.warmup_stats()
     assert stats["scale_min"] == stats["scale_median"] == stats["scale_max"] > 0
-    assert math.isclose(stats["lr_effective"][0], 0.1 * stats["scale_median"], rel_tol=1e-6)
+    assert math.isclose(stats["group0/lr_effective"], 0.1 * stats["scale_median"], rel_tol=1e-6)
+
+
+def test_warmup_stats_has_the_keys_of_warmup_summary_as_floats() -> None:
+    model = torch.nn.Linear(3, 2)
+    opt = warmopt.RMSprop(
+        [{"params": [model.weight]}, {"params": [model.bias], "lr": 0.5}], warmup="measured"
+    )
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    summary, stats = warmopt.warmup_summary(opt), opt.warmup_stats()
+    assert list(stats) == list(summary)
+    assert {"group0/lr_effective", "group1/lr_effective", "kurtosis"} <= set(stats)
+    assert all(type(v) is float and v == float(summary[k]) for k, v in stats.items())
 
 
 def test_warmup_state_lives_in_the_per_parameter_state_dict() -> None:
@@ -128,6 +161,40 @@ def test_warmup_none_reports_scale_one() -> None:
     p = torch.nn.Parameter(torch.ones(3))
     opt = warmopt.Adam([p], warmup=None)
     assert torch.equal(opt.warmup_scale[0], torch.ones(1))
+
+
+TORCH_CLASSES = [
+    (warmopt.WarmupOptimizer, torch.optim.Adam),
+    (warmopt.Adam, torch.optim.Adam),
+    (warmopt.AdamW, torch.optim.AdamW),
+    (warmopt.RMSprop, torch.optim.RMSprop),
+]
+
+
+@pytest.mark.parametrize("ours,theirs", TORCH_CLASSES, ids=lambda c: c.__name__)
+def test_help_lists_torchs_arguments_and_the_warmup_options(ours: type, theirs: type) -> None:
+    text = pydoc.render_doc(ours, renderer=pydoc.plaintext)  # what help() prints
+    args = text[text.index("Args:") : text.index("Example:")]
+    for name in inspect.signature(theirs.__init__).parameters:
+        if name != "self":
+            assert re.search(rf"\b{name}\b", args), name
+    for name in WARMUP_KWARGS:
+        assert re.search(rf"^[ |]*{name} \(", args, re.M), name
+    assert "warmup: 'WarmupPolicy | str | None' = 'measured'" in text  # and the signature
+
+
+@pytest.mark.parametrize("ours,theirs", TORCH_CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("warmup", [None, "radam"], ids=str)
+def test_repr_is_torchs_plus_the_policy_and_granularity(
+    ours: type, theirs: type, warmup: str | None
+) -> None:
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = ours([{"params": [p]}], warmup=warmup, granularity="group")
+    torch_repr = repr(theirs([torch.nn.Parameter(torch.ones(2))]))
+    head, tail = repr(opt).rsplit("warmup: ", 1)
+    assert head == torch_repr[:-1].replace(theirs.__name__, ours.__name__, 1)
+    policy = "None" if warmup is None else "RAdamRectification()"
+    assert tail == f"{policy}\ngranularity: group\n)"
 
 
 # ---------------------------------------------------------------- bad input
@@ -170,3 +237,36 @@ def test_sparse_gradients_are_refused_before_anything_changes() -> None:
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
     assert len(opt.state) == 0 and torch.equal(dense.detach(), torch.ones(3))
+
+
+NO_NUMPY = """
+import sys
+sys.modules["numpy"] = None  # import numpy raises ImportError: torch runs without it
+import torch, warmopt
+try:
+    torch.zeros(1).numpy()
+    raise SystemExit("NumPy is still reachable")
+except RuntimeError:  # "Numpy is not available"
+    pass
+w = torch.nn.Parameter(torch.zeros(3))
+for cls in (warmopt.Adam, warmopt.AdamW, warmopt.RMSprop):
+    opt = cls([w], lr=1e-3, warmup=warmopt.Linear(2))
+    for _ in range(4):
+        w.grad = torch.randn(3)
+        opt.step()
+    assert opt._warmup_done, cls
+    warmopt.warmup_summary(opt)
+    opt.warmup_stats()
+print("ok")
+"""
+
+
+def test_warmopt_needs_torch_only_not_numpy() -> None:
+    """torch works without NumPy; so must warmopt (the end of warm-up is read on the host)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_NUMPY], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

@@ -187,13 +187,19 @@ def test_log_warmup_writes_floats_and_skips_nan() -> None:
     opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
     written = log_warmup(writer, opt, step=3, prefix="opt")
     summary = warmup_summary(opt)
-    assert {tag for tag, _, _ in writer.rows} == {f"opt/{k}" for k in written}
-    assert not any(k.startswith("group3/") for k in written)
+    # returned under the tags it wrote: the summary's keys behind the prefix
+    assert written == {tag: value for tag, value, _ in writer.rows}
+    assert set(written) == {f"opt/{k}" for k in summary if not k.startswith("group3/")}
     for tag, value, step in writer.rows:
         assert type(value) is float and step == 3
         assert value == float(summary[tag.removeprefix("opt/")])
+    assert log_warmup(_ListWriter(), opt, step=3, prefix="").keys() == {
+        t.removeprefix("opt/") for t in written
+    }
+    rows = len(writer.rows)
     with pytest.raises(TypeError, match="add_histogram"):
         log_warmup(writer, opt, step=3, histogram=True)
+    assert len(writer.rows) == rows  # refused before writing anything
 
 
 def test_log_warmup_to_a_real_summary_writer(tmp_path: Any) -> None:
@@ -215,14 +221,14 @@ def test_log_warmup_to_a_real_summary_writer(tmp_path: Any) -> None:
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert set(tags["scalars"]) == {f"warmup/{k}" for k in expected[1]}
+    assert set(tags["scalars"]) == set(expected[1])
     assert "warmup/group1/lr_effective" in tags["scalars"]
-    for key in expected[1]:
-        events = acc.Scalars(f"warmup/{key}")
+    for tag in expected[1]:
+        events = acc.Scalars(tag)
         assert [e.step for e in events] == [1, 2, 3]
         for e in events:
-            assert e.value == pytest.approx(expected[e.step][key], rel=1e-6, abs=1e-12)
+            assert e.value == pytest.approx(expected[e.step][tag], rel=1e-6, abs=1e-12)
     scales = acc.Histograms("warmup/scale")
     assert [h.step for h in scales] == [1, 2, 3]
     assert scales[-1].histogram_value.num == 5  # five tensors have stepped
-    assert scales[-1].histogram_value.max == pytest.approx(expected[3]["scale_max"])
+    assert scales[-1].histogram_value.max == pytest.approx(expected[3]["warmup/scale_max"])

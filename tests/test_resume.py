@@ -274,3 +274,110 @@ def test_deepcopy_and_pickle_continue_identically(make: Any, how: str) -> None:
         opt.step()
         opt2.step()
         _assert_same_run(ours, params2, opt, opt2)
+
+
+# ---------------------------------------------------------------- another policy or granularity
+
+POLICY_NAMES = [
+    "measured",
+    "radam",
+    "untuned_linear",
+    "untuned_exponential",
+    "linear",
+    "constant",
+    "none",
+]
+
+
+def _strip_warmup(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint as a plain torch optimizer would have saved it."""
+    plain = copy.deepcopy(ckpt)
+    for st in plain["state"].values():
+        for key in [k for k in st if k.startswith("warmup_")]:
+            del st[key]
+    return plain
+
+
+@pytest.mark.parametrize("target", POLICY_NAMES)
+@pytest.mark.parametrize("source", POLICY_NAMES)
+def test_a_checkpoint_of_another_policy_resumes_as_a_plain_torch_checkpoint(
+    source: str, target: str
+) -> None:
+    """Same policy: exact resume. Another one: the keys the new policy does not use are dropped,
+    the missing ones start fresh, so the run continues exactly as from the same checkpoint
+    without any warm-up state (the scale follows from the step counts)."""
+    saved, resumed, control = twins(SHAPES, n=3)
+    opt = warmopt.Adam(saved, lr=1e-2, warmup=source)
+    for t in range(4):
+        feed([saved], t)
+        opt.step()
+    ckpt = _round_trip(opt.state_dict())
+    with torch.no_grad():
+        for p, q, r in zip(saved, resumed, control):
+            q.copy_(p)
+            r.copy_(p)
+    new = warmopt.Adam(resumed, lr=1e-2, warmup=target)
+    new.load_state_dict(ckpt)
+    if source == target:
+        ref, ref_params = opt, saved  # the uninterrupted run
+    else:
+        ref = warmopt.Adam(control, lr=1e-2, warmup=target)
+        ref.load_state_dict(_strip_warmup(ckpt))
+        ref_params = control
+    used = set() if target == "none" else {"warmup_scale"}
+    if target == "measured":
+        used |= set(WARMUP_KEYS)
+    for t in range(4, 7):
+        feed([resumed, ref_params], t)
+        new.step()
+        ref.step()
+        _assert_same_run(resumed, ref_params, new, ref)
+        scales = torch.cat(new.warmup_scale)
+        assert torch.isfinite(scales).all() and ((scales >= 0) & (scales <= 1)).all(), scales
+        for p in resumed:
+            assert {k for k in new.state[p] if k.startswith("warmup_")} == used
+    if target == "none":
+        assert all(torch.equal(s, torch.ones_like(s)) for s in new.warmup_scale)
+
+
+def _groups(ps: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
+    return [{"params": ps[:2]}, {"params": ps[2:], "lr": 3e-2}]
+
+
+@pytest.mark.parametrize("target", warmopt.GRANULARITIES)
+@pytest.mark.parametrize("source", warmopt.GRANULARITIES)
+def test_a_checkpoint_of_another_granularity_pools_into_the_new_units(
+    source: str, target: str
+) -> None:
+    """The per-tensor numbers are pooled into the new units on the next step: one scale per
+    unit, and each unit at least as confident as its least-warmed tensor was."""
+    saved, resumed = twins(SHAPES)
+    opt = warmopt.Adam(_groups(saved), lr=1e-2, granularity=source)
+    for t in range(6):
+        feed([saved], t)
+        opt.step()
+    ckpt = _round_trip(opt.state_dict())
+    with torch.no_grad():
+        for p, q in zip(saved, resumed):
+            q.copy_(p)
+    new = warmopt.Adam(_groups(resumed), lr=1e-2, granularity=target)
+    new.load_state_dict(ckpt)
+    before = [float(new.state[p]["warmup_confidence"]) for p in resumed]
+    unit = {
+        "tensor": list(range(len(resumed))),
+        "group": [0, 0] + [1] * (len(resumed) - 2),
+        "global": [0] * len(resumed),
+    }[target]
+    for t in range(6, 9):
+        feed([saved, resumed], t)
+        opt.step()
+        new.step()
+        if source == target:
+            _assert_same_run(saved, resumed, opt, new)
+    scales = torch.cat(new.warmup_scale).tolist()
+    assert all(0 < s <= 1 for s in scales), scales
+    for j, u in enumerate(unit):
+        members = [i for i, v in enumerate(unit) if v == u]
+        assert all(scales[i] == scales[j] for i in members), (target, scales)
+        floor = min(before[i] for i in members)
+        assert float(new.state[resumed[j]]["warmup_confidence"]) >= floor

@@ -127,6 +127,100 @@ def test_scheduler_fills_a_tensor_lr_in_place() -> None:
         assert torch.equal(opt.param_groups[0]["lr"], ref.param_groups[0]["lr"])
 
 
+# ---------------------------------------------------------------- a scheduler's own warm-up
+
+#: (scheduler, whether its lr rises over the first 12 steps)
+LR_SHAPES: list[Any] = [
+    pytest.param(None, False, id="constant"),
+    pytest.param(lambda o: lrs.StepLR(o, step_size=3, gamma=0.5), False, id="StepLR"),
+    pytest.param(lambda o: lrs.CosineAnnealingLR(o, T_max=12), False, id="CosineAnnealingLR"),
+    pytest.param(lambda o: lrs.LambdaLR(o, lambda t: 1.0 / (1 + t)), False, id="LambdaLR-decay"),
+    pytest.param(lambda o: lrs.ReduceLROnPlateau(o, factor=0.5, patience=1), False, id="Plateau"),
+    pytest.param(lambda o: lrs.LinearLR(o, start_factor=0.1, total_iters=5), True, id="LinearLR"),
+    pytest.param(lambda o: lrs.OneCycleLR(o, max_lr=0.1, total_steps=12), True, id="OneCycleLR"),
+    pytest.param(
+        lambda o: lrs.SequentialLR(
+            o,
+            [lrs.LinearLR(o, start_factor=0.1, total_iters=4), lrs.CosineAnnealingLR(o, T_max=8)],
+            milestones=[4],
+        ),
+        True,
+        id="SequentialLR-warmup-cosine",
+    ),
+    # what transformers' get_linear_schedule_with_warmup builds: a LambdaLR from 0
+    pytest.param(
+        lambda o: lrs.LambdaLR(o, lambda t: min(1.0, t / 4) * (1 - t / 24)),
+        True,
+        id="LambdaLR-warmup-from-0",
+    ),
+]
+
+
+def _rise_warnings(caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
+    return [w for w in caught if "while warmopt is still warming up" in str(w.message)]
+
+
+def _run_schedule(opt: torch.optim.Optimizer, ps: list[Any], make: Any, steps: int = 12) -> Any:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sched = None if make is None else make(opt)
+        for t in range(steps):
+            feed([ps], t)
+            opt.step()
+            if sched is not None:
+                _sched_step(sched, t)
+    return _rise_warnings(caught)
+
+
+@pytest.mark.parametrize("make_sched,rises", LR_SHAPES)
+@pytest.mark.parametrize("warmup", ["measured", None])
+def test_a_scheduler_warmup_during_warmopts_warns_once_naming_both_ways_out(
+    make_sched: Any, rises: bool, warmup: str | None
+) -> None:
+    """The two ramps multiply: a rising lr while warming warns once; decaying or constant
+    schedules, and warmup=None, never warn."""
+    (ps,) = twins(SHAPES, n=1)
+    opt = warmopt.Adam(_groups(ps), lr=1e-2, warmup=warmup)
+    caught = _run_schedule(opt, ps, make_sched)
+    assert len(caught) == (1 if rises and warmup is not None else 0), caught
+    if caught:
+        (w,) = caught
+        assert w.category is UserWarning
+        text = str(w.message)
+        assert "Drop the warm-up phase" in text and "warmup=None" in text
+
+
+def test_a_rise_after_warmopts_warmup_ended_does_not_warn() -> None:
+    """E.g. a warm restart: warmopt is not warming any more, so nothing multiplies."""
+    (ps,) = twins(SHAPES, n=1)
+    opt = warmopt.Adam(ps, lr=1e-2, warmup=warmopt.Linear(2))
+    caught = _run_schedule(opt, ps, lambda o: lrs.LambdaLR(o, lambda t: 1.0 if t < 6 else 2.0))
+    assert opt._warmup_done and caught == []
+
+
+def test_a_tensor_lr_is_not_read_for_the_rise_check() -> None:
+    """A tensor lr (the torch.compile recipe) is skipped: reading it could sync."""
+    (ps,) = twins(SHAPES, n=1)
+    opt = warmopt.Adam(ps, lr=torch.tensor(1e-2))
+    caught = _run_schedule(opt, ps, lambda o: lrs.LinearLR(o, start_factor=0.1, total_iters=5))
+    assert caught == [] and float(opt.param_groups[0]["lr"]) == pytest.approx(1e-2)
+
+
+def test_loading_a_checkpoint_with_a_higher_lr_is_not_a_rise() -> None:
+    (ps,) = twins(SHAPES, n=1)
+    opt = warmopt.Adam(ps, lr=1e-3)
+    feed([ps], 0)
+    opt.step()
+    sd = opt.state_dict()
+    sd["param_groups"][0]["lr"] = 1e-2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.load_state_dict(sd)
+        feed([ps], 1)
+        opt.step()
+    assert _rise_warnings(caught) == []
+
+
 # ---------------------------------------------------------------- GradScaler
 
 BAD = float("inf")

@@ -1,11 +1,14 @@
 """`python -m build` makes a wheel whose installed package passes tests, away from the sources.
 
 The wheel is built from a copy of the project files (a stale ``build/`` in the work tree cannot
-leak into it), installed with ``pip install --no-deps --no-index`` into a fresh venv that sees
-this interpreter's packages (torch, pytest) through ``--system-site-packages``, and exercised
-from a temporary directory, so the repository root is not on ``sys.path`` to shadow it. The
-editable install of the work tree is visible in that venv too, hence ``--ignore-installed``; every
-check asserts that ``warmopt`` really is the venv's copy.
+leak into it), installed with ``pip install --no-deps --no-index`` into a fresh venv, and
+exercised from a temporary directory, so the repository root is not on ``sys.path`` to shadow it.
+The venv sees the packages of the interpreter running this test (torch, pytest) through a
+``.pth`` file listing that interpreter's site-packages directories: they come after the venv's
+own site-packages on ``sys.path``. That works whether this interpreter is itself a virtualenv
+(whose packages ``--system-site-packages`` would not show: it exposes the *base* interpreter's)
+or a system-wide install. The editable install of the work tree is visible in that venv too,
+hence ``--ignore-installed``; every check asserts that ``warmopt`` really is the venv's copy.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 import ast
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -74,6 +79,20 @@ def _source_version() -> str:
     raise AssertionError(f"{attr} not found")
 
 
+def _site_dirs() -> list[str]:
+    """Where the running interpreter finds its installed packages: its site-packages (a venv's,
+    or the system's), the user site if enabled, in ``sys.path`` order, existing ones only."""
+    paths = sysconfig.get_paths()
+    dirs = [*site.getsitepackages(), paths["purelib"], paths["platlib"]]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    seen: list[str] = []
+    for d in dirs:
+        if os.path.isdir(d) and d not in seen:
+            seen.append(d)
+    return seen
+
+
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -101,11 +120,13 @@ def test_wheel_installs_and_passes_tests(tmp_path: Path) -> None:
     assert {n.split("/")[0] for n in names} == {"warmopt", f"warmopt-{version}.dist-info"}
     assert f"warmopt-{version}.dist-info/licenses/LICENSE" in names
 
-    # 2. a fresh venv on top of this interpreter's packages; pip from this interpreter
+    # 2. a fresh venv that sees this interpreter's packages after its own; pip from this one
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-         tmp_path, env)  # fmt: skip
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path, env)
     python = str(venv / "bin" / "python")
+    purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                   tmp_path, env).strip()  # fmt: skip
+    (Path(purelib) / "outer_site_packages.pth").write_text("\n".join(_site_dirs()) + "\n")
     _run(
         [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
          "--ignore-installed", "--quiet", str(wheel)],

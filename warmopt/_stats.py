@@ -126,7 +126,9 @@ def fresh_ratio_sums(
         sq_avgs: :math:`v_{t-1}` for the same tensors.
         prev_bias_correction: :math:`1-\beta^{t-1}` per tensor, 1-D float32 on the bucket's device.
         newest_weight: :math:`w_t` per tensor, 1-D float32 on the bucket's device.
-        inv_grad_scale_sq: ``1/grad_scale**2`` when the gradients still carry a GradScaler's scale.
+        inv_grad_scale_sq: ``1/grad_scale**2`` when the gradients still carry a GradScaler's scale:
+            a one-element tensor, 0-d or 1-D (torch's fused step takes ``grad_scale`` in both
+            shapes).
         params: the parameters, needed only with ``coupled_decay``.
         coupled_decay: ``c`` when the second moment is built from ``g + c p`` (coupled, L2-style
             weight decay, see ``Algorithm.coupled_decay``): the ratio is then of that sum, as
@@ -142,6 +144,8 @@ def fresh_ratio_sums(
     """
     dtype = grads[0].dtype
     tiny = max(_TINY, torch.finfo(dtype).tiny)
+    if inv_grad_scale_sq is not None:
+        inv_grad_scale_sq = inv_grad_scale_sq.reshape(())  # foreach ops take 0-d scalars only
     # min(x b / v, 1/w) is the capped ratio above (the two branches of the max swap exactly where
     # x b / v = 1/w); in units of r/b the cap is 1/(w b). max(v, tiny) turns 0/0 (never a
     # gradient, none now) into 0. Six foreach passes; two temporaries (x and max(v, tiny)).

@@ -9,8 +9,14 @@ tensors to a logger that syncs when it flushes. :func:`log_warmup` writes the sa
 it reads them on the host, with one device-to-host copy for all the scalars.
 
 The summaries cover only the tensors that have stepped at least once; a group without any has
-NaN entries (0/0), not zeros. :meth:`warmopt.WarmupOptimizer.warmup_stats` returns the same
-numbers as plain floats.
+NaN entries (0/0), not zeros.
+
+One set of names everywhere: :func:`warmup_summary` keys its tensors ``scale_median``,
+``fraction_warmed``, ... over the whole optimizer and ``group{i}/scale_median``,
+``group{i}/lr_effective``, ... per param group; :meth:`warmopt.WarmupOptimizer.warmup_stats`
+returns the same keys with plain floats; :func:`log_warmup` writes each under
+``f"{prefix}/{key}"`` (``warmup/scale_median``, ``warmup/group0/lr_effective``) and returns the
+values it wrote keyed by those same tags.
 """
 
 from __future__ import annotations
@@ -187,8 +193,12 @@ def log_warmup(
     values) to hand plain floats to the writer. NaN entries (groups that have not stepped yet)
     are not written. With ``histogram=True`` it also writes the per-tensor scales of the stepped
     tensors with ``writer.add_histogram(f"{prefix}/scale", ...)`` (a second transfer; the writer
-    must have that method, as :class:`torch.utils.tensorboard.SummaryWriter` does). Returns the
-    values written.
+    must have that method, as :class:`torch.utils.tensorboard.SummaryWriter` does). With
+    ``prefix=""`` the tags are the summary's keys themselves.
+
+    Returns:
+        The scalars written, keyed by the tags they were written under
+        (``{"warmup/scale_median": 0.035, "warmup/group0/lr_effective": ...}``).
 
     Example:
         >>> import torch, warmopt
@@ -200,23 +210,29 @@ def log_warmup(
         >>> w = torch.nn.Parameter(torch.zeros(3))
         >>> opt = warmopt.Adam([w], lr=1e-3)
         >>> w.grad = torch.ones(3); opt.step()
-        >>> _ = log_warmup(PrintWriter(), opt, step=1)
+        >>> written = log_warmup(PrintWriter(), opt, step=1)
         warmup/scale_median 0.035 1
         warmup/group0/scale_median 0.035 1
+        >>> round(written["warmup/group0/lr_effective"], 7)
+        3.54e-05
     """
     summary = warmup_summary(optimizer)
     keys = list(summary)
     numbers = torch.stack(list(summary.values())).cpu().tolist()  # the one host sync
     written: dict[str, float] = {}
+    add_histogram = getattr(writer, "add_histogram", None)
+    if histogram and add_histogram is None:
+        raise TypeError(f"histogram=True needs writer.add_histogram; {type(writer)} has none")
+
+    def tag(key: str) -> str:
+        return f"{prefix}/{key}" if prefix else key
+
     for key, number in zip(keys, numbers):
         if not math.isnan(number):
-            writer.add_scalar(f"{prefix}/{key}", number, step)
-            written[key] = number
+            writer.add_scalar(tag(key), number, step)
+            written[tag(key)] = number
     if histogram:
-        add_histogram = getattr(writer, "add_histogram", None)
-        if add_histogram is None:
-            raise TypeError(f"histogram=True needs writer.add_histogram; {type(writer)} has none")
         scales = _collect(optimizer)[0][0]
         if scales.numel():
-            add_histogram(f"{prefix}/scale", scales.cpu(), step)
+            add_histogram(tag("scale"), scales.cpu(), step)  # type: ignore[misc]
     return written

@@ -23,14 +23,15 @@ from __future__ import annotations
 import math
 import operator
 import sys
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim import Adam, Optimizer
-from torch.optim.optimizer import ParamsT, _use_grad_for_differentiable
+from torch.optim import Adam, AdamW, Optimizer, RMSprop
+from torch.optim.optimizer import ParamsT, _get_scalar_dtype, _use_grad_for_differentiable
 
 from . import _stats
 from ._step import (
@@ -99,8 +100,9 @@ class _HostFlag:
     def poll(self) -> bool | None:
         if self._host is None or (self._event is not None and not self._event.query()):
             return None
-        # .numpy() reads host memory directly: no dispatched op, no device sync.
-        return bool(self._host.numpy())
+        # .tolist() reads host memory directly: no dispatched op, no device sync, and unlike
+        # .numpy() it needs no NumPy (warmopt depends on torch only).
+        return bool(self._host.tolist())
 
 
 def _stack_to(tensors: list[Tensor], device: torch.device) -> Tensor:
@@ -165,6 +167,10 @@ class WarmupOptimizer(Optimizer):
         >>> wrapped = warmopt.WarmupOptimizer(torch.optim.RMSprop(model.parameters(), lr=1e-3))
     """
 
+    #: Whether the constructor takes an optimizer instance to wrap (warmopt.Adam, AdamW and
+    #: RMSprop take parameters only, as their torch namesakes).
+    _wraps_optimizers: ClassVar[bool] = True
+
     def __init__(
         self,
         params: ParamsT | Optimizer,
@@ -183,6 +189,7 @@ class WarmupOptimizer(Optimizer):
         warmup: WarmupPolicy | str | None = "measured",
         granularity: str = "tensor",
     ) -> None:
+        _check_params(type(self), params)
         policy = resolve_policy(warmup)
         _check_granularity(granularity)
         if isinstance(params, Optimizer):
@@ -243,6 +250,7 @@ class WarmupOptimizer(Optimizer):
         self.param_groups = base.param_groups
         self.state = base.state
         self.defaults = base.defaults
+        self._base_class: type[Optimizer] = type(base)
         self._algorithm: Algorithm = algorithm
         self._step_supports_amp_scaling = bool(getattr(base, "_step_supports_amp_scaling", False))
         self.warmup: WarmupPolicy | None = policy
@@ -252,11 +260,19 @@ class WarmupOptimizer(Optimizer):
         self._done_flag = _HostFlag()
         self._warm_calls = 0
         self._flat: _FlatState | None = None
+        self._seen_lrs: list[float | None] = []
+        self._lr_rise_warned = False
+
+    def __repr__(self) -> str:
+        """torch's ``Optimizer.__repr__`` (class name and every param group), with two more
+        lines: the warm-up policy and the granularity."""
+        text = super().__repr__()
+        return f"{text[:-1]}warmup: {self.warmup!r}\ngranularity: {self.granularity}\n)"
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.update(
-            _algorithm_name=self._algorithm.name,
+            _base_name=self._base_class.__name__,
             _step_supports_amp_scaling=self._step_supports_amp_scaling,
             warmup=self.warmup,
             granularity=self.granularity,
@@ -266,11 +282,19 @@ class WarmupOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # torch's load_state_dict calls __setstate__ too, with only "state" and "param_groups":
         # keep the current algorithm then (defaulting to Adam made a loaded RMSprop step as Adam).
-        name = state.pop("_algorithm_name", None)
+        name = state.pop("_base_name", None)
+        legacy = state.pop("_algorithm_name", None)  # pickles made before _base_name
         super().__setstate__(state)
-        if name is not None or "_algorithm" not in self.__dict__:
-            name = name or "adam"
-            self._algorithm = next(a for a in ALGORITHMS.values() if a.name == name)
+        if name is None and (legacy is not None or "_base_class" not in self.__dict__):
+            # "adam" served AdamW too: its defaults tell them apart
+            decoupled = self.defaults.get("decoupled_weight_decay", False)
+            name = "RMSprop" if legacy == "rmsprop" else "AdamW" if decoupled else "Adam"
+        if name is not None:
+            self._base_class = _BASES[name]
+        self._algorithm = ALGORITHMS[self._base_class]
+        _fill_in_as_torch(self._base_class, self.param_groups, self.state)
+        self._seen_lrs = []  # the loaded lrs are not a rise
+        self._lr_rise_warned = self.__dict__.get("_lr_rise_warned", False)
         self._warmup_done = False
         self._done_state_count = -1
         self._done_flag = _HostFlag()
@@ -286,6 +310,13 @@ class WarmupOptimizer(Optimizer):
         saved values in float32. A checkpoint without them (plain torch.optim.Adam) loads too: the
         warm-up state is then created on the next step and the policy restarts from the
         checkpoint's step count (see docs/warmup.md, "Resuming").
+
+        A checkpoint saved under another policy loads the same way: the ``warmup_*`` entries
+        this optimizer's policy does not use are dropped (all of them with ``warmup=None``), and
+        those it needs but the checkpoint lacks start from their initial values, so the policy
+        continues from the checkpoint's step counts as from a plain torch checkpoint. Under
+        another granularity the per-tensor numbers are pooled into the new units on the next
+        step, as on every step (a unit is as far along as its least-warmed tensor).
         """
         # The restore works through temporary hooks so that user hooks keep torch's semantics:
         # the pre-hook runs after the user's and reads the state dict they returned (reading the
@@ -305,9 +336,11 @@ class WarmupOptimizer(Optimizer):
         self._done_flag.reset()
         self._warm_calls = 0
         self._flat = None
+        self._seen_lrs = []
 
     def _restore_warmup_state(self, state_dict: dict[str, Any]) -> None:
-        """Copy the saved ``warmup_*`` entries into the state as float32 (torch cast them)."""
+        """Copy the saved ``warmup_*`` entries into the state as float32 (torch cast them), then
+        fit them to this optimizer's policy."""
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
@@ -317,6 +350,26 @@ class WarmupOptimizer(Optimizer):
                     self.state[p][key] = value.detach().to(
                         dtype=torch.float32, device=p.device, copy=True
                     )
+        self._fit_warmup_state()
+
+    def _fit_warmup_state(self) -> None:
+        """Make loaded ``warmup_*`` entries those of this optimizer's policy: drop the keys it
+        does not use, and where a parameter has some but not all of the keys it needs (a
+        checkpoint saved under another policy), add the missing ones at their initial values.
+        A parameter with none keeps none: its warm-up state is created on its next step."""
+        policy = self.warmup
+        initial = {} if policy is None else {"scale": 0.0, **policy.initial_state()}
+        wanted = {_PREFIX + k for k in initial}
+        for p, st in self.state.items():
+            present = [k for k in st if isinstance(k, str) and k.startswith(_PREFIX)]
+            for key in present:
+                if key not in wanted:
+                    del st[key]
+            if not any(key in wanted for key in present):
+                continue
+            for name, value in initial.items():
+                if _PREFIX + name not in st:
+                    st[_PREFIX + name] = torch.tensor(value, dtype=torch.float32, device=p.device)
 
     # ------------------------------------------------------------------ the step
 
@@ -334,6 +387,8 @@ class WarmupOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         _check_not_sparse(self.param_groups)
+        if self.warmup is not None and not self._lr_rise_warned:
+            self._check_lr_rise()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         batches = [self._algorithm.init_group(self, g) for g in self.param_groups]
@@ -371,6 +426,35 @@ class WarmupOptimizer(Optimizer):
             keep = split_to((1.0 - scale).float(), batch.params)
             run_group(self._algorithm, group, batch, mode, keep, grad_scale, found_inf)
         return loss
+
+    def _check_lr_rise(self) -> None:
+        """Warn once if a group's ``lr`` rose since the previous step while still warming up.
+
+        A rising ``lr`` during warm-up is a scheduler with a warm-up of its own (``LinearLR``,
+        ``OneCycleLR``, Hugging Face's ``get_*_schedule_with_warmup``): its ramp and warmopt's
+        multiply. Compared on the host, only where ``lr`` is a Python number (a tensor ``lr`` is
+        skipped: reading it could sync with the device); a rise of less than one part in 10^6 is
+        float rounding, not a ramp. Decaying and constant schedules never rise.
+        """
+        lrs = [g["lr"] for g in self.param_groups]
+        if not self._warmup_done:
+            for i, (lr, before) in enumerate(zip(lrs, self._seen_lrs)):
+                if before is not None and isinstance(lr, (int, float)) and lr > before * _RISE:
+                    self._lr_rise_warned = True
+                    warnings.warn(
+                        f"{type(self).__name__}: the lr of param group {i} rose from {before:.3g} "
+                        f"to {lr:.3g} while warmopt is still warming up, so the scheduler's "
+                        "warm-up and warmopt's multiply. Drop the warm-up phase of the LR "
+                        "schedule (warmopt warms up by itself), or pass warmup=None to keep the "
+                        "schedule's warm-up only.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                    return
+        self._seen_lrs = [
+            float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+            for lr in lrs
+        ]
 
     def _advance_warmup(
         self,
@@ -755,27 +839,22 @@ class WarmupOptimizer(Optimizer):
             out.append(_stack_to(vals, dev))
         return out
 
-    def warmup_stats(self) -> dict[str, Any]:
-        """Plain-float summary for loggers. **Syncs with the device** (one copy of all values).
+    def warmup_stats(self) -> dict[str, float]:
+        """:func:`warmopt.monitor.warmup_summary` as plain floats, for loggers. **Syncs with the
+        device** (one copy of all values).
 
-        The numbers of :func:`warmopt.monitor.warmup_summary` as floats, over the tensors that
-        have stepped at least once: ``scale_min``, ``scale_median``, ``scale_max``,
-        ``fraction_warmed`` (share of those tensors at scale 1), ``lr_effective`` (a list, per
-        group: ``lr`` times the group's median scale; NaN for a group none of whose tensors has
-        stepped), and, for :class:`Measured`, the medians of ``kurtosis`` (the estimate of
-        kappa - 1) and ``drift``. Before the first step every entry is NaN.
+        The same keys as the summary: ``scale_min``, ``scale_median``, ``scale_max``,
+        ``fraction_warmed`` (share of the stepped tensors at scale 1) and, for
+        :class:`Measured`, ``kurtosis`` and ``drift`` (medians), over the tensors that have
+        stepped at least once; the same per group under ``group{i}/``, plus
+        ``group{i}/lr_effective`` (the group's ``lr`` times its median scale). Entries without
+        any stepped tensor (before the first step, a group not stepped yet) are NaN.
         """
         from .monitor import warmup_summary
 
         summary = warmup_summary(self)
-        keys = list(summary)
-        values = torch.stack([summary[k] for k in keys]).cpu().tolist()
-        flat = dict(zip(keys, values))
-        out: dict[str, Any] = {k: v for k, v in flat.items() if not k.startswith("group")}
-        out["lr_effective"] = [
-            flat[f"group{i}/lr_effective"] for i in range(len(self.param_groups))
-        ]
-        return out
+        values = torch.stack(list(summary.values())).cpu().tolist()
+        return dict(zip(summary, values))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -783,6 +862,81 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         return False
     return bool(a == b)
+
+
+#: A group's lr counts as risen above ``before`` beyond ``before * _RISE`` (not float rounding).
+_RISE = 1.0 + 1e-6
+
+
+def _check_params(cls: type[WarmupOptimizer], params: Any) -> None:
+    """warmopt.Adam/AdamW/RMSprop take parameters, as torch's classes; say what to use instead
+    of handing them an optimizer (torch's own check would say it is not iterable)."""
+    if isinstance(params, Optimizer) and not cls._wraps_optimizers:
+        got = f"{type(params).__module__}.{type(params).__qualname__}"
+        raise TypeError(
+            f"warmopt.{cls.__name__} takes params (parameters or param groups, as "
+            f"torch.optim.{cls.__name__}), not an optimizer (got a {got}); to add a warm-up "
+            "to an existing torch.optim.Adam, AdamW or RMSprop, use "
+            "warmopt.WarmupOptimizer(optimizer)"
+        )
+
+
+#: The torch classes WarmupOptimizer steps, by name (pickles store the name).
+_BASES: dict[str, type[Optimizer]] = {cls.__name__: cls for cls in ALGORITHMS}
+
+#: The flags each torch class's ``__setstate__`` fills in for state dicts saved before the flag
+#: existed, with the default it fills in (AdamW: Adam's, then ``decoupled_weight_decay=True``).
+_LOAD_DEFAULTS: dict[type[Optimizer], dict[str, Any]] = {
+    Adam: {
+        "amsgrad": False,
+        "maximize": False,
+        "foreach": None,
+        "capturable": False,
+        "differentiable": False,
+        "decoupled_weight_decay": False,
+        "fused": None,
+    },
+    RMSprop: {
+        "momentum": 0,
+        "centered": False,
+        "foreach": None,
+        "maximize": False,
+        "differentiable": False,
+        "capturable": False,
+    },
+}
+_LOAD_DEFAULTS[AdamW] = _LOAD_DEFAULTS[Adam]
+
+
+def _fill_in_as_torch(
+    base: type[Optimizer], groups: list[dict[str, Any]], state: dict[Any, dict[str, Any]]
+) -> None:
+    """What ``base.__setstate__`` (torch's Adam, AdamW or RMSprop) does to a loaded state.
+
+    Older state dicts lack flags added since (``maximize``, ``foreach``, ``capturable``,
+    ``differentiable``, ``fused``, ``decoupled_weight_decay``): each group gets torch's default
+    for them, and AdamW's groups ``decoupled_weight_decay=True``. A Python-number ``step``
+    (older checkpoints) becomes the tensor torch makes of it: float32 (float64 under a float64
+    default dtype, except fused), on the parameter's device when the group is capturable or
+    fused, else on the CPU.
+    """
+    for group in groups:
+        for key, default in _LOAD_DEFAULTS[base].items():
+            group.setdefault(key, default)
+        if base is AdamW:
+            group["decoupled_weight_decay"] = True
+        fused = group.get("fused")
+        for p in group["params"]:
+            st = state.get(p)
+            if not st or "step" not in st or torch.is_tensor(st["step"]):
+                continue
+            step = float(st["step"])
+            if group["capturable"] or fused:
+                st["step"] = torch.tensor(
+                    step, dtype=_get_scalar_dtype(is_fused=fused), device=p.device
+                )
+            else:
+                st["step"] = torch.tensor(step, dtype=_get_scalar_dtype())
 
 
 def _dtensor_type() -> type | None:

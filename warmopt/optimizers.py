@@ -1,7 +1,9 @@
 """``warmopt.Adam``, ``AdamW`` and ``RMSprop``: torch's exact signatures plus warm-up.
 
 Each builds the torch optimizer of the same name (so argument checks, defaults and error messages
-are torch's own) and steps it through :class:`warmopt.WarmupOptimizer`.
+are torch's own) and steps it through :class:`warmopt.WarmupOptimizer`. They take parameters, as
+torch's classes do; to warm up an existing torch optimizer instance, wrap it with
+``warmopt.WarmupOptimizer(optimizer)``.
 """
 
 from __future__ import annotations
@@ -10,31 +12,89 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from .optimizer import WarmupOptimizer, _check_granularity
+from .optimizer import WarmupOptimizer, _check_granularity, _check_params
 from .policies import WarmupPolicy, resolve_policy
 
 __all__ = ["Adam", "AdamW", "RMSprop"]
 
 
 class Adam(WarmupOptimizer):
-    """:class:`torch.optim.Adam` with a warm-up; same signature plus ``warmup`` and ``granularity``.
+    r""":class:`torch.optim.Adam` with a warm-up: torch's signature plus ``warmup`` and
+    ``granularity``.
+
+    Each step is torch's Adam step at ``lr * s``, the scale ``s`` in [0, 1] coming from the
+    warm-up policy; ``param_groups[i]['lr']`` is never written (LR schedulers own it).
+    ``warmup=None`` is :class:`torch.optim.Adam` bit for bit.
+
+    Args:
+        params (iterable): parameters, ``(name, parameter)`` pairs or param groups (dicts), as
+            for torch.optim.Adam. Not an optimizer: wrap one with :class:`WarmupOptimizer`.
+        lr (float or Tensor, optional): learning rate (default: 1e-3).
+        betas (tuple[float or Tensor, float or Tensor], optional): decay rates of the running
+            averages of the gradient and of its square (default: (0.9, 0.999)).
+        eps (float, optional): added to the denominator (default: 1e-8).
+        weight_decay (float, optional): L2 penalty, decoupled with ``decoupled_weight_decay``
+            (default: 0).
+        amsgrad (bool, optional): the AMSGrad variant (default: False).
+        foreach (bool, optional): torch's foreach implementation (default: None, torch's
+            choice).
+        maximize (bool, optional): maximize the objective (default: False).
+        capturable (bool, optional): keep every step number on the device (default: False).
+        differentiable (bool, optional): let autograd run through the step (default: False).
+        fused (bool, optional): torch's fused implementation (default: None).
+        decoupled_weight_decay (bool, optional): AdamW's decay (default: False).
+        warmup (WarmupPolicy, str or None, optional): the warm-up policy or its name:
+            ``"measured"`` (default), ``"radam"``, ``"untuned_linear"``,
+            ``"untuned_exponential"``, ``"linear"``, ``"constant"``, or ``"none"``/``None``
+            (off). See :mod:`warmopt.policies`.
+        granularity (str, optional): one scale per parameter tensor (``"tensor"``, default), per
+            param group (``"group"``) or for the whole optimizer (``"global"``).
 
     Example:
         >>> import torch, warmopt
         >>> opt = warmopt.Adam(torch.nn.Linear(2, 2).parameters(), lr=1e-3, warmup="radam")
     """
 
+    _wraps_optimizers = False
+
 
 class AdamW(WarmupOptimizer):
-    """:class:`torch.optim.AdamW` (``weight_decay=1e-2``, decoupled) with a warm-up.
+    r""":class:`torch.optim.AdamW` (``weight_decay=1e-2``, decoupled) with a warm-up: torch's
+    signature plus ``warmup`` and ``granularity``.
 
-    The warm-up scale multiplies the decoupled decay too, as an LR schedule would
-    (``p <- p (1 - s lr wd)``).
+    Each step is torch's AdamW step at ``lr * s``, the scale ``s`` in [0, 1] coming from the
+    warm-up policy; ``param_groups[i]['lr']`` is never written (LR schedulers own it). The scale
+    multiplies the decoupled decay too, as an LR schedule would (``p <- p (1 - s lr wd)``).
+    ``warmup=None`` is :class:`torch.optim.AdamW` bit for bit.
+
+    Args:
+        params (iterable): parameters, ``(name, parameter)`` pairs or param groups (dicts), as
+            for torch.optim.AdamW. Not an optimizer: wrap one with :class:`WarmupOptimizer`.
+        lr (float or Tensor, optional): learning rate (default: 1e-3).
+        betas (tuple[float or Tensor, float or Tensor], optional): decay rates of the running
+            averages of the gradient and of its square (default: (0.9, 0.999)).
+        eps (float, optional): added to the denominator (default: 1e-8).
+        weight_decay (float, optional): decoupled weight decay (default: 1e-2).
+        amsgrad (bool, optional): the AMSGrad variant (default: False).
+        maximize (bool, optional): maximize the objective (default: False).
+        foreach (bool, optional): torch's foreach implementation (default: None, torch's
+            choice).
+        capturable (bool, optional): keep every step number on the device (default: False).
+        differentiable (bool, optional): let autograd run through the step (default: False).
+        fused (bool, optional): torch's fused implementation (default: None).
+        warmup (WarmupPolicy, str or None, optional): the warm-up policy or its name:
+            ``"measured"`` (default), ``"radam"``, ``"untuned_linear"``,
+            ``"untuned_exponential"``, ``"linear"``, ``"constant"``, or ``"none"``/``None``
+            (off). See :mod:`warmopt.policies`.
+        granularity (str, optional): one scale per parameter tensor (``"tensor"``, default), per
+            param group (``"group"``) or for the whole optimizer (``"global"``).
 
     Example:
         >>> import torch, warmopt
         >>> opt = warmopt.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3, weight_decay=0.1)
     """
+
+    _wraps_optimizers = False
 
     def __init__(
         self,
@@ -53,6 +113,7 @@ class AdamW(WarmupOptimizer):
         warmup: WarmupPolicy | str | None = "measured",
         granularity: str = "tensor",
     ) -> None:
+        _check_params(type(self), params)
         policy = resolve_policy(warmup)
         _check_granularity(granularity)
         base = torch.optim.AdamW(
@@ -72,16 +133,45 @@ class AdamW(WarmupOptimizer):
 
 
 class RMSprop(WarmupOptimizer):
-    """:class:`torch.optim.RMSprop` with a warm-up; every flag positional, as in torch.
+    r""":class:`torch.optim.RMSprop` with a warm-up: torch's signature (every flag positional, as
+    in torch) plus keyword-only ``warmup`` and ``granularity``.
 
-    Its ``square_avg`` is not bias-corrected, so the first raw step is ``lr/sqrt(1-alpha)``
-    (10x ``lr`` at ``alpha=0.99``); :class:`warmopt.Measured` removes that factor exactly (see
-    its docstring). Warm-up needs ``0 <= alpha < 1``.
+    Each step is torch's RMSprop step at ``lr * s``, the scale ``s`` in [0, 1] coming from the
+    warm-up policy; ``param_groups[i]['lr']`` is never written (LR schedulers own it).
+    ``warmup=None`` is :class:`torch.optim.RMSprop` bit for bit. Its ``square_avg`` is not
+    bias-corrected, so the first raw step is ``lr/sqrt(1-alpha)`` (10x ``lr`` at
+    ``alpha=0.99``); :class:`warmopt.Measured` removes that factor exactly (see its
+    docstring). Warm-up needs ``0 <= alpha < 1``.
+
+    Args:
+        params (iterable): parameters, ``(name, parameter)`` pairs or param groups (dicts), as
+            for torch.optim.RMSprop. Not an optimizer: wrap one with :class:`WarmupOptimizer`.
+        lr (float or Tensor, optional): learning rate (default: 1e-2).
+        alpha (float, optional): decay rate of the running average of the squared gradient
+            (default: 0.99).
+        eps (float, optional): added to the denominator (default: 1e-8).
+        weight_decay (float, optional): L2 penalty (default: 0).
+        momentum (float, optional): momentum factor (default: 0).
+        centered (bool, optional): normalise by an estimate of the gradient's variance
+            (default: False).
+        capturable (bool, optional): keep every step number on the device (default: False).
+        foreach (bool, optional): torch's foreach implementation (default: None, torch's
+            choice).
+        maximize (bool, optional): maximize the objective (default: False).
+        differentiable (bool, optional): let autograd run through the step (default: False).
+        warmup (WarmupPolicy, str or None, optional): the warm-up policy or its name:
+            ``"measured"`` (default), ``"radam"``, ``"untuned_linear"``,
+            ``"untuned_exponential"``, ``"linear"``, ``"constant"``, or ``"none"``/``None``
+            (off). See :mod:`warmopt.policies`.
+        granularity (str, optional): one scale per parameter tensor (``"tensor"``, default), per
+            param group (``"group"``) or for the whole optimizer (``"global"``).
 
     Example:
         >>> import torch, warmopt
         >>> opt = warmopt.RMSprop(torch.nn.Linear(2, 2).parameters(), 1e-2, 0.99)
     """
+
+    _wraps_optimizers = False
 
     def __init__(
         self,
@@ -100,6 +190,7 @@ class RMSprop(WarmupOptimizer):
         warmup: WarmupPolicy | str | None = "measured",
         granularity: str = "tensor",
     ) -> None:
+        _check_params(type(self), params)
         policy = resolve_policy(warmup)
         _check_granularity(granularity)
         base = torch.optim.RMSprop(
