@@ -225,7 +225,7 @@ def _heldout_specs(
             grid(-3, -0.5),
             n,
             lengths(n),
-            {"channels": 4 if tiny else 16, "batch": 32},
+            {"channels": 4 if tiny else 8, "batch": 32},
             split="heldout",
         )
     )
