@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import functools
 import subprocess
-from collections import Counter
 from pathlib import Path
 
-from torch.utils._python_dispatch import TorchDispatchMode
-
-#: ops that copy a device value to the host (a host-device sync on an accelerator)
-SYNC_OPS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
+from warmopt._opcount import SYNC_OPS, OpCounter
 
 
 @functools.cache
@@ -48,26 +44,6 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("+dirty" if dirty else "")
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts every ATen op dispatched inside the mode (CPU or GPU alike)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def total(self) -> int:
-        return sum(self.ops.values())
-
-    @property
-    def syncs(self) -> int:
-        return sum(n for op, n in self.ops.items() if op in SYNC_OPS)
 
 
 __all__ = ["SYNC_OPS", "OpCounter", "git_commit"]

@@ -96,7 +96,7 @@ def test_stacked_sums_equal_the_foreach_sums(decay: float, scaled: bool) -> None
     torch.testing.assert_close(b1, a1, rtol=1e-6, atol=0)
     torch.testing.assert_close(b2, a2, rtol=1e-6, atol=0)
 
-    from warmopt.optimizer import _stat_calls
+    from warmopt._measure import _stat_calls
 
     big = torch.zeros(_stats.STACK_MAX_NUMEL + 1)
     ts = [torch.zeros(4), torch.zeros(2, 2), torch.zeros(4), big, big.clone(), torch.zeros(9)]

@@ -11,10 +11,13 @@ so one call serves any number of parameters with a constant number of ATen ops.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 __all__ = [
+    "Statistics",
     "effective_sample_size",
     "asymptotic_sample_size",
     "newest_weight",
@@ -34,6 +37,25 @@ STACK_MAX_NUMEL = 1024
 # Denominator floor for g^2 / v̂: keeps 0/0 (a coordinate that has never seen a gradient and
 # gets none now) at 0 instead of NaN. Far below any squared gradient worth measuring.
 _TINY = 1e-30
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """What the optimizer measured this step, per unit (1-D float32, same device).
+
+    Attributes:
+        sum_r: sum over coordinates of the fresh ratio ``g_t^2 / v̂_{t-1}`` (capped, see
+            :func:`fresh_ratio_sums`).
+        sum_r2: sum over coordinates of its square.
+        count: number of real coordinates summed (``numel``; twice that for complex tensors).
+        valid: 1.0 where the measurement counts (``step >= 2``: at ``step = 1`` there is no
+            ``v̂_{t-1}`` to compare with; also 0 on a GradScaler step with inf/NaN gradients).
+    """
+
+    sum_r: Tensor
+    sum_r2: Tensor
+    count: Tensor
+    valid: Tensor
 
 
 def _floating(step: Tensor) -> Tensor:

@@ -18,13 +18,14 @@ The derivations are in ``docs/warmup.md``; each class docstring states its formu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from . import _stats
+from ._stats import Statistics
 
 __all__ = [
     "WarmupPolicy",
@@ -35,28 +36,37 @@ __all__ = [
     "Linear",
     "Constant",
     "Statistics",
+    "MeasurementSpec",
     "POLICIES",
     "resolve_policy",
 ]
 
 
 @dataclass(frozen=True)
-class Statistics:
-    """What the optimizer measured this step, per unit (1-D float32, same device).
+class MeasurementSpec:
+    """What a policy needs from the optimizer, declared once (the optimizer never probes it).
 
     Attributes:
-        sum_r: sum over coordinates of the fresh ratio ``g_t^2 / v̂_{t-1}`` (capped, see
-            :func:`warmopt._stats.fresh_ratio_sums`).
-        sum_r2: sum over coordinates of its square.
-        count: number of real coordinates summed (``numel``; twice that for complex tensors).
-        valid: 1.0 where the measurement counts (``step >= 2``: at ``step = 1`` there is no
-            ``v̂_{t-1}`` to compare with; also 0 on a GradScaler step with inf/NaN gradients).
+        statistics: whether :meth:`WarmupPolicy.update` reads a :class:`Statistics`.
+        sample: measure at most this many real coordinates per tensor (a window), or all
+            (``None``).
+        every: measure each tensor on every ``every``-th call of ``step()``, staggered.
+        can_fall: whether a scale may fall again after it reached 1; then the optimizer keeps
+            measuring after every scale has reached 1.
+        pooling: how each changing number (key of ``state_init``) pools over the tensors of a
+            unit under ``granularity="group"``/``"global"``: ``"amin"``, ``"amax"``,
+            ``"mean"`` or ``"sum"`` (the step count pools by ``amin``, beta by ``amax``, the
+            statistics' sums by ``sum``).
+        summary: the changing numbers :func:`warmopt.warmup_summary` reports (their medians),
+            under their own names.
     """
 
-    sum_r: Tensor
-    sum_r2: Tensor
-    count: Tensor
-    valid: Tensor
+    statistics: bool = False
+    sample: int | None = None
+    every: int = 1
+    can_fall: bool = False
+    pooling: dict[str, str] = field(default_factory=dict)
+    summary: tuple[str, ...] = ()
 
 
 class WarmupPolicy:
@@ -64,7 +74,8 @@ class WarmupPolicy:
 
     Subclasses set ``name`` (the string accepted by ``warmup=``), ``needs_statistics`` (whether
     ``update`` reads a :class:`Statistics`), ``state_init`` (the initial value of each changing
-    number besides the scale) and implement :meth:`update`.
+    number besides the scale) and implement :meth:`update`; a policy that measures declares how
+    in :attr:`spec`.
     """
 
     name: ClassVar[str] = ""
@@ -96,6 +107,15 @@ class WarmupPolicy:
         """Whether the scale may fall again after it reached 1 (then the optimizer keeps
         measuring after every scale has reached 1)."""
         return False
+
+    @property
+    def spec(self) -> MeasurementSpec:
+        """What this policy needs from the optimizer (see :class:`MeasurementSpec`)."""
+        return MeasurementSpec(
+            statistics=self.needs_statistics,
+            can_fall=self.can_fall,
+            pooling={k: "amin" for k in self.state_init},
+        )
 
     def initial_state(self) -> dict[str, float]:
         """The value each changing number starts from (keys of ``state_init``)."""
@@ -260,6 +280,19 @@ class Measured(WarmupPolicy):
     @property
     def can_fall(self) -> bool:
         return self.rewarm
+
+    @property
+    def spec(self) -> MeasurementSpec:
+        # A unit is as sure as its least sure tensor, as kurtotic as its tensors on average and
+        # as drifting as its most drifting one.
+        return MeasurementSpec(
+            statistics=True,
+            sample=self.sample,
+            every=self.measure_every,
+            can_fall=self.rewarm,
+            pooling={"confidence": "amin", "kurtosis": "mean", "evidence": "amin", "drift": "amax"},
+            summary=("kurtosis", "drift"),
+        )
 
     def initial_state(self) -> dict[str, float]:
         k0 = self.prior_kurtosis if self.kurtosis else self.GAUSSIAN_KURTOSIS

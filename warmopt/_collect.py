@@ -1,0 +1,217 @@
+"""Stage 1, collect: torch's ``_init_group``, then the lazy warm-up state, as vectors.
+
+``collect`` lists each group's tensors with a gradient exactly as torch's step does (the
+algorithm's ``init_group`` *is* torch's ``_init_group``: state created lazily, step counts placed
+as torch places them), then adds the ``warmup_*`` entries to the state of tensors that have none
+yet, and lays the warm-up numbers of all those tensors out as one float32 vector per key whose
+0-d views *are* the ``optimizer.state[p]`` entries (a step reads and writes each key with one op).
+It also decides, on the host and without a sync, whether the warm-up is over: then it returns no
+:class:`Warming` and the step is torch's own.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ._algorithms import Algorithm, GroupBatch, resolve_mode
+from ._device import HostCopy, split_to, stack_to
+from .policies import WarmupPolicy
+
+__all__ = ["PREFIX", "Book", "Collected", "Warming", "collect", "fit_warmup_state"]
+
+#: Prefix of warmopt's keys in ``optimizer.state[p]``.
+PREFIX = "warmup_"
+
+
+@dataclass
+class _FlatState:
+    """Warm-up state laid out as one vector per key; ``entries`` are its 0-d views, in order."""
+
+    vectors: dict[str, Tensor]
+    entries: dict[str, list[Tensor]]
+
+
+@dataclass
+class Book:
+    """What an optimizer remembers about its warm-up between steps (never checkpointed)."""
+
+    #: the host knows that every scale is 1 and the policy cannot fall: the step is torch's
+    done: bool = False
+    #: ``len(optimizer.state)`` when ``done`` was found (a new entry means new tensors)
+    done_state_count: int = -1
+    #: the device's "every scale is 1", on its way to the host
+    done_flag: HostCopy = field(default_factory=HostCopy)
+    #: warming ``step()`` calls so far (the stagger of ``measure_every`` counts them)
+    calls: int = 0
+    flat: _FlatState | None = None
+
+    def reset(self) -> None:
+        """Forget everything (a loaded checkpoint, new state): the next step looks again."""
+        self.done, self.done_state_count, self.calls, self.flat = False, -1, 0, None
+        self.done_flag.reset()
+
+
+@dataclass
+class Warming:
+    """The tensors that step with a warm-up scale this step, and their warm-up numbers."""
+
+    params: list[Tensor]  # every tensor with a gradient, in group order
+    counts: list[int]  # how many of them each group has
+    home: torch.device  # where the vectors live (the first tensor's device)
+    step: Tensor  # float64 step counts after this step's increment (1 on the first update)
+    beta: Tensor  # float64 second-moment decay of each tensor's group
+    old: dict[str, Tensor]  # "scale" and each policy key: one float32 entry per tensor
+    _flat: _FlatState | None
+    _entries: dict[str, list[Tensor]]
+
+    def store(self, new: dict[str, Tensor]) -> None:
+        """Write this step's numbers into the state entries (one op per key)."""
+        for key, vector in new.items():
+            if self._flat is not None:
+                self._flat.vectors[key].copy_(vector)  # the state entries are views of it
+            else:
+                torch._foreach_copy_(self._entries[key], split_to(vector, self._entries[key]))
+
+
+@dataclass
+class Collected:
+    """What the step works on: each group's tensors, torch's code path for each group, and the
+    warm-up numbers (``None`` without a policy or once the warm-up is over)."""
+
+    batches: list[GroupBatch]
+    modes: list[str]
+    warming: Warming | None
+
+
+def collect(
+    opt: Optimizer, algorithm: Algorithm, policy: WarmupPolicy | None, book: Book
+) -> Collected:
+    """torch's ``_init_group`` for every group, then the lazy warm-up state (see the module)."""
+    groups = opt.param_groups
+    batches = [algorithm.init_group(opt, g) for g in groups]
+    modes = [resolve_mode(g, b.params) for g, b in zip(groups, batches)]
+    warming = None if policy is None else _warming(opt, algorithm, policy, book, batches)
+    return Collected(batches, modes, warming)
+
+
+def _warming(
+    opt: Optimizer,
+    algorithm: Algorithm,
+    policy: WarmupPolicy,
+    book: Book,
+    batches: list[GroupBatch],
+) -> Warming | None:
+    keys = ["scale", *policy.state_init]
+    if book.done and len(opt.state) == book.done_state_count:
+        # Nothing got state since warm-up finished (a parameter's first gradient, a loaded
+        # checkpoint, an added group would): skip even the host-side walk over the tensors.
+        return None
+    fresh = False
+    initial = {"scale": 0.0, **policy.initial_state()}
+    for batch in batches:
+        for p in batch.params:
+            st = opt.state[p]
+            if PREFIX + "scale" not in st:
+                fresh = True
+                for key in keys:
+                    st[PREFIX + key] = torch.tensor(
+                        initial[key], dtype=torch.float32, device=p.device
+                    )
+    if fresh:
+        book.done = False
+        book.done_flag.reset()
+    elif not book.done and not policy.spec.can_fall:
+        book.done = bool(book.done_flag.poll())
+    if book.done:
+        book.done_state_count = len(opt.state)
+        return None
+
+    params = [p for b in batches for p in b.params]
+    counts = [len(b.params) for b in batches]
+    if not params:
+        empty = torch.zeros(0, dtype=torch.float64)
+        return Warming(params, counts, torch.device("cpu"), empty, empty, {}, None, {})
+    home = params[0].device
+    states = [opt.state[p] for p in params]
+    # step and beta in float64: 1 - beta must be exact for the closed forms (float32 0.999 gives
+    # an untuned-linear period of 2000.03 steps, i.e. one step late).
+    step = stack_to([s for b in batches for s in b.state_steps], home).double() + 1
+    beta = _per_tensor([algorithm.beta(g) for g in opt.param_groups], counts, home)
+    current = {k: [s[PREFIX + k] for s in states] for k in keys}
+    flat = _flat_state(book, states, current, home)
+    if flat is not None:
+        old = dict(flat.vectors)
+    else:
+        old = {k: stack_to(current[k], home) for k in keys}
+    return Warming(params, counts, home, step, beta, old, flat, current)
+
+
+def _flat_state(
+    book: Book,
+    states: list[dict[str, Any]],
+    current: dict[str, list[Tensor]],
+    home: torch.device,
+) -> _FlatState | None:
+    """One float32 vector per warm-up key, whose entries *are* the 0-d ``warmup_*`` state
+    tensors of ``states`` (views), so a step reads and writes each key with one op instead of
+    a stack and a copy per tensor.
+
+    Re-laid out whenever the state tensors are not the views of the last layout (first
+    step, a new tensor, a different set of tensors with gradients, a loaded checkpoint), by
+    copying their values into a fresh vector and storing its views in the state; ``None``
+    (stack and copy, per tensor) when they live on more than one device.
+    """
+    cached = book.flat
+    if cached is not None and all(
+        len(cached.entries[k]) == len(ts) and all(map(operator.is_, cached.entries[k], ts))
+        for k, ts in current.items()
+    ):
+        return cached
+    if any(t.device != home for t in next(iter(current.values()))):
+        book.flat = None
+        return None
+    vectors = {k: torch.stack(ts).to(torch.float32) for k, ts in current.items()}
+    entries = {k: list(v.unbind(0)) for k, v in vectors.items()}
+    for k, views in entries.items():
+        for st, view in zip(states, views):
+            st[PREFIX + k] = view
+    book.flat = _FlatState(vectors, entries)
+    return book.flat
+
+
+def _per_tensor(values: list[float | Tensor], counts: list[int], device: torch.device) -> Tensor:
+    """Expand one value per group to one float64 entry per tensor, on ``device``."""
+    if all(not isinstance(v, Tensor) for v in values):
+        flat = [float(v) for v, n in zip(values, counts) for _ in range(n)]
+        return torch.tensor(flat, dtype=torch.float64).to(device, non_blocking=True)
+    parts = [
+        torch.as_tensor(v).reshape(()).to(device, torch.float64).expand(n)
+        for v, n in zip(values, counts)
+        if n
+    ]
+    return torch.cat(parts)
+
+
+def fit_warmup_state(state: dict[Any, dict[str, Any]], policy: WarmupPolicy | None) -> None:
+    """Make loaded ``warmup_*`` entries those of ``policy``: drop the keys it does not use, and
+    where a parameter has some but not all of the keys it needs (a checkpoint saved under
+    another policy), add the missing ones at their initial values. A parameter with none keeps
+    none: its warm-up state is created on its next step."""
+    initial = {} if policy is None else {"scale": 0.0, **policy.initial_state()}
+    wanted = {PREFIX + k for k in initial}
+    for p, st in state.items():
+        present = [k for k in st if isinstance(k, str) and k.startswith(PREFIX)]
+        for key in present:
+            if key not in wanted:
+                del st[key]
+        if not any(key in wanted for key in present):
+            continue
+        for name, value in initial.items():
+            if PREFIX + name not in st:
+                st[PREFIX + name] = torch.tensor(value, dtype=torch.float32, device=p.device)
