@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._algorithms import Algorithm, GroupBatch, resolve_mode
-from ._device import HostCopy, split_to, stack_to
+from ._device import HostCopy, dtensor_type, split_to, stack_to
 from .policies import WarmupPolicy
 
 __all__ = ["PREFIX", "Book", "Collected", "Warming", "collect", "fit_warmup_state"]
@@ -50,11 +50,20 @@ class Book:
     #: warming ``step()`` calls so far (the stagger of ``measure_every`` counts them)
     calls: int = 0
     flat: _FlatState | None = None
+    #: the step count of each windowed tensor whose ``state['step']`` the host cannot read
+    #: (fused or capturable on an accelerator), as the host knows it: counted up every step,
+    #: corrected from a non-blocking copy after a GradScaler step that may have been skipped
+    steps: dict[Tensor, int] = field(default_factory=dict)
+    steps_copy: HostCopy = field(default_factory=HostCopy)
+    steps_copied: list[tuple[int, Tensor, int]] = field(default_factory=list)
 
     def reset(self) -> None:
         """Forget everything (a loaded checkpoint, new state): the next step looks again."""
         self.done, self.done_state_count, self.calls, self.flat = False, -1, 0, None
         self.done_flag.reset()
+        self.steps.clear()
+        self.steps_copy.reset()
+        self.steps_copied = []
 
 
 @dataclass
@@ -69,6 +78,8 @@ class Warming:
     old: dict[str, Tensor]  # "scale" and each policy key: one float32 entry per tensor
     _flat: _FlatState | None
     _entries: dict[str, list[Tensor]]
+    #: ``step`` on the host where a window is measured (sampling policies), else None
+    host_steps: list[int] | None = None
 
     def store(self, new: dict[str, Tensor]) -> None:
         """Write this step's numbers into the state entries (one op per key)."""
@@ -90,14 +101,109 @@ class Collected:
 
 
 def collect(
-    opt: Optimizer, algorithm: Algorithm, policy: WarmupPolicy | None, book: Book
+    opt: Optimizer,
+    algorithm: Algorithm,
+    policy: WarmupPolicy | None,
+    book: Book,
+    cpu_is_host: bool = True,
+    found_inf: Tensor | None = None,
 ) -> Collected:
-    """torch's ``_init_group`` for every group, then the lazy warm-up state (see the module)."""
+    """torch's ``_init_group`` for every group, then the lazy warm-up state (see the module).
+
+    ``cpu_is_host=False`` (``WARMOPT_DEVICE_PATH_ON_CPU``) treats CPU step counts as unreadable,
+    as on an accelerator."""
     groups = opt.param_groups
+    sample = None if policy is None else policy.spec.sample
+    fresh: set[int] = set()
+    if sample is not None and not book.done and _steps_on_device(groups, cpu_is_host):
+        # tensors whose state torch creates now: their step count starts at 0 (no read needed)
+        fresh = {
+            id(p)
+            for g in groups
+            for p in g["params"]
+            if p.grad is not None and _real_numel(p) > sample and not opt.state.get(p)
+        }
     batches = [algorithm.init_group(opt, g) for g in groups]
     modes = [resolve_mode(g, b.params) for g, b in zip(groups, batches)]
-    warming = None if policy is None else _warming(opt, algorithm, policy, book, batches)
+    warming = None
+    if policy is not None:
+        warming = _warming(opt, algorithm, policy, book, batches)
+    if (
+        warming is not None
+        and sample is not None
+        and any(_real_numel(p) > sample for p in warming.params)
+    ):
+        steps = [s for b in batches for s in b.state_steps]
+        warming.host_steps = _host_steps(book, warming, steps, sample, fresh, cpu_is_host)
+        if found_inf is not None and book.steps_copied and not book.steps_copy.pending:
+            # the device skips the step where found_inf: learn the counts it keeps, later
+            skipped = (found_inf.to(warming.home) > 0).to(torch.float64)
+            book.steps_copy.publish(warming.step - skipped)
     return Collected(batches, modes, warming)
+
+
+def _steps_on_device(groups: list[dict[str, Any]], cpu_is_host: bool) -> bool:
+    """Whether some step count may be unreadable on the host: a capturable or fused group off
+    the CPU keeps it on its device (or every group, with the device path forced on the CPU)."""
+    if not cpu_is_host:
+        return True
+    return any(
+        (g.get("capturable") or g.get("fused")) and g["params"][0].device.type != "cpu"
+        for g in groups
+        if g["params"]
+    )
+
+
+def _host_steps(
+    book: Book,
+    warming: Warming,
+    steps: list[Tensor],
+    sample: int,
+    fresh: set[int],
+    cpu_is_host: bool,
+) -> list[int]:
+    """``warming.step`` on the host, for the tensors measured on a window (0 for the others).
+
+    Read from the step counts where they live on the CPU (free). Otherwise (fused or
+    capturable on an accelerator) from the host's own count, ``Book.steps``: counted up on every
+    step as if it was taken, corrected after a GradScaler step from a non-blocking copy of the
+    device's counts (``Book.steps_copy``), started at 0 for a tensor whose state torch creates in
+    this step, and read from the device only the first time the host meets a tensor with
+    existing state (after wrapping a stepped optimizer or unpickling one: one sync, once).
+    """
+    if cpu_is_host and all(s.device.type == "cpu" for s in steps):
+        return [int(t) + 1 for t in torch.stack(steps).tolist()]
+    copied = book.steps_copy.poll()
+    if copied is not None:
+        for i, p, guessed in book.steps_copied:
+            if p in book.steps:
+                book.steps[p] += int(copied[i]) - guessed
+        book.steps_copy.reset()
+    dtensor = dtensor_type()
+    params = warming.params
+    need = [
+        i
+        for i, p in enumerate(params)
+        if _real_numel(p) > sample and not (dtensor is not None and isinstance(p, dtensor))
+    ]
+    unknown = [i for i in need if params[i] not in book.steps and id(params[i]) not in fresh]
+    if unknown:
+        for i, t in zip(unknown, torch.stack([steps[i] for i in unknown]).tolist()):
+            book.steps[params[i]] = int(t)
+    out = [0] * len(params)
+    counted = []
+    for i in need:
+        p = params[i]
+        out[i] = book.steps[p] = book.steps.get(p, 0) + 1
+        counted.append((i, p, out[i]))
+    if not book.steps_copy.pending:
+        book.steps_copied = counted  # what a copy published in this step will correct
+    return out
+
+
+def _real_numel(p: Tensor) -> int:
+    """Real coordinates of ``p`` (complex ones count twice, as their real views)."""
+    return p.numel() * (2 if p.is_complex() else 1)
 
 
 def _warming(

@@ -14,12 +14,20 @@ op-count, sync and parity tests use it to check that path without a GPU.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["DEVICE_PATH_ON_CPU", "device_path_on_cpu", "HostCopy", "split_to", "stack_to"]
+__all__ = [
+    "DEVICE_PATH_ON_CPU",
+    "device_path_on_cpu",
+    "HostCopy",
+    "dtensor_type",
+    "split_to",
+    "stack_to",
+]
 
 #: Environment variable: ``1`` runs the accelerator code path on CPU tensors.
 DEVICE_PATH_ON_CPU = "WARMOPT_DEVICE_PATH_ON_CPU"
@@ -28,6 +36,11 @@ DEVICE_PATH_ON_CPU = "WARMOPT_DEVICE_PATH_ON_CPU"
 def device_path_on_cpu() -> bool:
     """Whether ``WARMOPT_DEVICE_PATH_ON_CPU`` asks for the accelerator path on the CPU."""
     return os.environ.get(DEVICE_PATH_ON_CPU, "0").strip().lower() in ("1", "true", "yes")
+
+
+def dtensor_type() -> type | None:
+    """``DTensor`` if torch.distributed.tensor is loaded (no DTensor can exist before that)."""
+    return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
 
 
 def split_to(vector: Tensor, like: list[Tensor]) -> list[Tensor]:

@@ -1,272 +1,323 @@
 """Stage 2, measure: the fresh-ratio statistics of every tensor, tensors in, ``Statistics`` out.
 
 Pure: it reads gradients, second moments (before this step's update) and, for coupled weight
-decay, parameters; it writes nothing. Windows of ``sample`` coordinates per tensor, the count of
-real coordinates, and the all-reduce of sums over FSDP2 shards live here.
+decay, parameters; it writes nothing. All tensors of a device go through **one flat pass**:
+
+1. every tensor contributes its measured coordinates -- a window of ``sample`` coordinates
+   chosen by its step count (a view: the start is known on the host), or the whole tensor when
+   it is not longer than that (or an FSDP2 shard) -- zero-padded to whole rows of
+   ``_stats.BLOCK``;
+2. one ``torch.cat`` each gathers them into a ``[rows, BLOCK]`` matrix for ``g`` and one for
+   ``v`` (and ``p`` with coupled decay);
+3. the ratio passes run once over those matrices and end in row sums
+   (``_stats.fresh_ratio_row_sums``);
+4. one ``index_add_`` over a cached row-to-tensor index turns row sums into per-tensor sums
+   (``_stats.segment_sums``); FSDP2 shard sums are all-reduced.
+
+So the kernels of a warming step do not depend on the number or the shapes of the tensors, on
+any device (views are not kernels). What may split a pass: several devices, param groups with
+different coupled weight decay, and more than ``FLAT_MAX_NUMEL`` measured coordinates (only
+with ``sample=None``), which bounds the transient buffers.
 """
 
 from __future__ import annotations
 
-import sys
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from . import _stats
 from ._algorithms import GroupBatch, real_views
-from ._device import split_to
+from ._collect import Warming
+from ._device import dtensor_type
 from ._stats import Statistics
+from .policies import MeasurementSpec
 
-__all__ = ["measure", "staggered"]
+__all__ = ["FLAT_MAX_NUMEL", "Layouts", "measure", "staggered"]
+
+#: At most this many coordinates (padded) go through one flat pass: bounds its transient buffers
+#: (g, v, the ratio: 3 x 4 bytes each) when every coordinate is measured (``sample=None``).
+FLAT_MAX_NUMEL = 1 << 22
 
 
-def staggered(groups: list[dict[str, Any]], params: list[Tensor], every: int, calls: int) -> (
-    list[bool] | None
-):
-    """Which of ``params`` to measure on warming call number ``calls`` (from 0) under
-    ``measure_every=every``: tensor number ``j`` (in ``param_groups`` order) on calls
-    ``j + 1, j + 1 + every, ...`` (call 0 is step 1, which has nothing to measure against).
-    ``None``: all of them."""
+def staggered(numbers: list[int], every: int, calls: int) -> list[bool] | None:
+    """Which tensors to measure on warming call number ``calls`` (from 0) under
+    ``measure_every=every``: tensor number ``j`` (``numbers``: each tensor's position in
+    ``param_groups`` order) on calls ``j + 1, j + 1 + every, ...`` (call 0 is step 1, which has
+    nothing to measure against). ``None``: all of them."""
     if every <= 1:
         return None
-    number = {id(q): j for j, q in enumerate(q for g in groups for q in g["params"])}
-    return [(calls - 1 - number[id(q)]) % every == 0 for q in params]
+    return [(calls - 1 - j) % every == 0 for j in numbers]
+
+
+@dataclass
+class _Pass:
+    """The cached layout of one flat pass."""
+
+    lengths: list[int]  # of each tensor's measured coordinates
+    pads: list[Tensor | None]  # zero padding after each tensor's coordinates (shared views)
+    rows: Tensor  # int64 [blocks] on the pass's device: the tensor (0..k-1) of every row
+    where: Tensor | None  # int64 [k] on home: each tensor's position in the step (None: 0..n-1)
+
+
+class Layouts:
+    """Layouts of the flat passes, cached by the tensors' positions and segment lengths (the set
+    of tensors with a gradient rarely changes; ``measure_every`` cycles through ``k`` sets)."""
+
+    def __init__(self, size: int = 16) -> None:
+        self._passes: OrderedDict[Any, _Pass] = OrderedDict()
+        self._vectors: OrderedDict[Any, Tensor] = OrderedDict()
+        self._zeros: dict[torch.device, Tensor] = {}
+        self._size = size
+
+    def _remember(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> Any:
+        table[key] = value
+        if len(table) > self._size:
+            table.popitem(last=False)
+        return value
+
+    def known(self, plan: list[tuple[torch.device, float, list[int]]], home: Any, n: int) -> bool:
+        """Whether the passes of ``plan`` are laid out already."""
+        return all(
+            (device, home, tuple(indices), n) in self._passes for device, _, indices in plan
+        )
+
+    def flat_pass(
+        self, device: torch.device, home: torch.device, picked: list[int], lengths: list[int],
+        n: int,
+    ) -> _Pass:  # fmt: skip
+        key = (device, home, tuple(picked), n)
+        if key in self._passes and self._passes[key].lengths != lengths:
+            del self._passes[key]  # the same tensors with other lengths (a new set of tensors)
+        got = self._passes.get(key)
+        if got is not None:
+            self._passes.move_to_end(key)
+            return got
+        zeros = self._zeros.get(device)
+        if zeros is None:
+            zeros = self._zeros[device] = torch.zeros(_stats.BLOCK, device=device)
+        pads = [zeros[: -k % _stats.BLOCK] if k % _stats.BLOCK else None for k in lengths]
+        blocks = [-(-k // _stats.BLOCK) for k in lengths]
+        rows = torch.tensor([i for i, b in enumerate(blocks) for _ in range(b)], dtype=torch.long)
+        identity = picked == list(range(n))
+        where = None if identity else torch.tensor(picked, dtype=torch.long).to(home)
+        laid = _Pass(list(lengths), pads, rows.to(device), where)
+        return self._remember(self._passes, key, laid)  # type: ignore[no-any-return]
+
+    def vector(self, key: Any, values: list[float], home: torch.device) -> Tensor:
+        """A float32 vector of host ``values`` on ``home``, made once per ``key``."""
+        got = self._vectors.get(key)
+        if got is None:
+            got = torch.tensor(values, dtype=torch.float32).to(home, non_blocking=True)
+            self._remember(self._vectors, key, got)
+        else:
+            self._vectors.move_to_end(key)
+        return got
+
+
+@dataclass
+class _Item:
+    """One tensor's share of a pass: its position in the step and its measured coordinates
+    (a window or the whole tensor, local shard of a DTensor), each 1-D."""
+
+    index: int
+    g: Tensor
+    v: Tensor
+    p: Tensor | None
 
 
 def measure(
     batches: list[GroupBatch],
-    modes: list[str],
     decays: list[float],
-    step: Tensor,
-    beta: Tensor,
+    warming: Warming,
+    spec: MeasurementSpec,
+    numbers: list[int],
+    calls: int,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
-    home: torch.device,
-    every: int = 1,
-    size: int | None = None,
-    pick: list[bool] | None = None,
-    cpu_is_host: bool = True,
+    layouts: Layouts,
 ) -> Statistics:
-    """Fresh-ratio sums for every tensor, in the same order as ``step``.
+    """Fresh-ratio sums for every tensor of ``warming``, in its order.
 
-    ``decays`` holds each group's coupled decay (``Algorithm.coupled_decay``). With ``size``,
-    each plain tensor longer than that is measured on a window of ``size`` coordinates chosen by
-    its step count (``_stats.window_starts``; see ``_windows``); DTensor shards are measured
-    whole. With ``pick`` (one flag per tensor) only the flagged tensors are measured; the others
-    get zero sums and ``valid = 0``.
+    ``decays`` holds each group's coupled decay (``Algorithm.coupled_decay``). With
+    ``spec.sample``, each plain tensor longer than that is measured on a window of ``sample``
+    coordinates chosen by its step count (``_stats.window_start``); DTensor shards are measured
+    whole. With ``spec.every > 1`` only the tensors :func:`staggered` picks for warming call
+    ``calls`` are measured (``numbers``: their positions in ``param_groups``); the others get
+    zero sums and ``valid = 0``.
     """
+    home, step, beta = warming.home, warming.step, warming.beta
+    n = len(step)
+    size, every = spec.sample, spec.every
+    pick = staggered(numbers, every, calls)
+    dtensor = dtensor_type()
+    items: list[_Item | None] = []
+    where: list[tuple[torch.device, float, int]] = []  # device, decay and length of each
+    counts: list[float] = []
+    shards: list[Tensor | None] = []
+    for batch, decay in zip(batches, decays):
+        grads = real_views(batch.grads, batch.has_complex)
+        sqs = real_views(batch.second_moments, batch.has_complex)
+        params = real_views(batch.params, batch.has_complex) if decay != 0.0 else None
+        for i, g in enumerate(grads):
+            index = len(items)
+            sharded = batch.grads[i] if dtensor is not None and isinstance(g, dtensor) else None
+            shards.append(sharded)
+            numel = g.numel()  # of the whole tensor, for a DTensor too
+            window = size is not None and numel > size and sharded is None
+            counts.append(float(size if window else numel))
+            v, p = sqs[i], None if params is None else params[i]
+            if sharded is not None:  # this rank's shard, measured whole
+                g, v = g.to_local(), v.to_local()  # type: ignore[attr-defined]
+                p = None if p is None else p.to_local()  # type: ignore[attr-defined]
+            length = size if window else g.numel()
+            where.append((g.device, decay, length))  # type: ignore[arg-type]
+            if pick is not None and not pick[index]:
+                items.append(None)
+            elif window:
+                assert size is not None and warming.host_steps is not None
+                start = _stats.window_start(warming.host_steps[index], numel, size, every)
+                g, v = _window(g, start, size), _window(v, start, size)
+                p = None if p is None else _window(p, start, size)
+                items.append(_Item(index, g, v, p))
+            else:
+                items.append(_Item(index, _flat(g), _flat(v), None if p is None else _flat(p)))
+
+    plan = _plan(where, pick)
+    if every > 1 and not layouts.known(plan, home, n):
+        # the first call of a stagger pattern: lay out all ``every`` patterns now, so that
+        # every warming call dispatches the same ops
+        for calls_ in range(every):
+            pick_ = staggered(numbers, every, calls_)
+            layouts.vector(("pick", tuple(pick_)), [float(x) for x in pick_], home)  # type: ignore[arg-type]
+            for device, decay, indices in _plan(where, pick_):
+                layouts.flat_pass(device, home, indices, [where[i][2] for i in indices], n)
     prev_bc = 1 - beta ** (step - 1)
     weight = _stats.newest_weight(step, beta)
     inv_gs2 = None
     if grad_scale is not None:
         inv_gs2 = grad_scale.to(torch.float32).reciprocal().square()
-    parts_r: list[Tensor] = []
-    parts_r2: list[Tensor] = []
-    order: list[int] = []
-    offset = 0
-    for mode, batch, decay in zip(modes, batches, decays):
-        n = len(batch.params)
-        chosen = list(range(n))
-        if pick is not None:
-            chosen = [i for i in chosen if pick[offset + i]]
-            if len(chosen) < n:
-                batch = batch.select(chosen)
-        if not chosen:
-            offset += n
-            continue
-        grads = _local_shards(real_views(batch.grads, batch.has_complex))
-        sqs = _local_shards(real_views(batch.second_moments, batch.has_complex))
-        ps = _local_shards(real_views(batch.params, batch.has_complex))
-        if size is not None:
-            dtensor = _dtensor_type()
-            cut = [
-                g.numel() > size and not (dtensor is not None and isinstance(g0, dtensor))
-                for g0, g in zip(batch.grads, grads)
-            ]
-            if any(cut):
-                mine = (
-                    step[offset : offset + n]
-                    if len(chosen) == n
-                    else step[torch.tensor([offset + i for i in chosen])]
-                )
-                grads, sqs, ps = _windows(
-                    [grads, sqs, ps], cut, mine, size, every, decay, cpu_is_host
-                )
-        if mode == "single" and size is None:
-            # every coordinate measured: one tensor at a time keeps the temporaries to one
-            # tensor, as torch's single-tensor step does; with windows they are bounded by
-            # ``size`` per tensor and one foreach call serves them all
-            buckets = [([[g], [v], [p]], [i]) for i, (g, v, p) in enumerate(zip(grads, sqs, ps))]
-        else:
-            grouped = Optimizer._group_tensors_by_device_and_dtype(
-                [grads, sqs, ps],  # type: ignore[list-item]
-                with_indices=True,
-            )
-            buckets = list(grouped.values())  # type: ignore[arg-type]
-        for (g_all, v_all, p_all), idx_all in buckets:
-            dev = g_all[0].device
-            gs = None if inv_gs2 is None else inv_gs2.to(dev)
-            for sub, stacked in _stat_calls(g_all, cpu_is_host):
-                idx = [idx_all[j] for j in sub]
-                sel = torch.tensor([offset + chosen[i] for i in idx], device=home)
-                s_r, s_r2 = _stats.fresh_ratio_sums(
-                    [g_all[j] for j in sub],
-                    [v_all[j] for j in sub],
-                    prev_bc[sel].to(dev),
-                    weight[sel].to(dev),
-                    gs,
-                    params=[p_all[j] for j in sub],
-                    coupled_decay=decay,
-                    stacked=stacked,
-                )
-                if _dtensor_type() is not None:
-                    s_r, s_r2 = _sum_over_shards(s_r, s_r2, [batch.grads[i] for i in idx])
-                parts_r.append(s_r.to(home))
-                parts_r2.append(s_r2.to(home))
-                order.extend(offset + chosen[i] for i in idx)
-        offset += n
-    if order:
-        where = torch.tensor(order).to(home, non_blocking=True)
-        got_r, got_r2 = torch.cat(parts_r), torch.cat(parts_r2)
-        sum_r = got_r.new_zeros(len(step)).index_copy_(0, where, got_r)
-        sum_r2 = got_r2.new_zeros(len(step)).index_copy_(0, where, got_r2)
-    else:
-        sum_r = sum_r2 = torch.zeros(len(step), dtype=torch.float64, device=home)
-    count = _counts(batches, home, size)
+    sums: dict[str, Tensor] | None = None
+    for device, decay, indices in plan:
+        chunk = [items[i] for i in indices]
+        lengths = [where[i][2] for i in indices]
+        layout = layouts.flat_pass(device, home, indices, lengths, n)
+        got = _flat_pass(chunk, layout, device, decay, n, home, prev_bc, weight, inv_gs2)  # type: ignore[arg-type]
+        sums = got if sums is None else {k: sums[k] + got[k] for k in sums}
+    if sums is None:
+        zero = torch.zeros(n, dtype=torch.float64, device=home)
+        sums = dict.fromkeys(_stats.SUM_POWERS, zero)
+    if any(t is not None for t in shards):  # the same tensors on every rank, whatever was picked
+        sums = _sum_over_shards(sums, shards)
+    for name, power in _stats.SUM_POWERS.items():
+        sums[name] = sums[name] * (prev_bc if power == 1 else prev_bc**power)
+
+    count = layouts.vector(("count", tuple(counts)), counts, home)
     valid = ((step >= 2) & (count > 0)).float()
     if pick is not None:
-        valid = valid * torch.tensor(pick, dtype=torch.float32).to(home, non_blocking=True)
+        valid = valid * layouts.vector(("pick", tuple(pick)), [float(x) for x in pick], home)
     if found_inf is not None:
         valid = valid * (found_inf.to(home, torch.float32) == 0).float()
-    return Statistics(sum_r=sum_r, sum_r2=sum_r2, count=count, valid=valid)
+    return Statistics(**sums, count=count, valid=valid)
 
 
-def _windows(
-    lists: list[list[Tensor]],
-    cut: list[bool],
-    step: Tensor,
-    size: int,
-    every: int,
+def _plan(
+    where: list[tuple[torch.device, float, int]], pick: list[bool] | None
+) -> list[tuple[torch.device, float, list[int]]]:
+    """The flat passes: the picked tensors by device and coupled decay, in order, in runs of at
+    most ``FLAT_MAX_NUMEL`` padded coordinates (a larger tensor alone)."""
+    parts: dict[tuple[torch.device, float], list[int]] = {}
+    for i, (device, decay, _) in enumerate(where):
+        if pick is None or pick[i]:
+            parts.setdefault((device, decay), []).append(i)
+    plan = []
+    for (device, decay), indices in parts.items():
+        run: list[int] = []
+        total = 0
+        for i in indices:
+            k = -(-where[i][2] // _stats.BLOCK) * _stats.BLOCK
+            if run and total + k > FLAT_MAX_NUMEL:
+                plan.append((device, decay, run))
+                run, total = [], 0
+            run.append(i)
+            total += k
+        plan.append((device, decay, run))
+    return plan
+
+
+def _flat_pass(
+    items: list[_Item],
+    layout: _Pass,
+    device: torch.device,
     decay: float,
-    cpu_is_host: bool,
-) -> list[list[Tensor]]:
-    """``lists`` (gradients, second moments, parameters) with each ``cut`` tensor replaced by
-    its measured window; parameters only where coupled decay reads them. Views when the
-    step counts are on the CPU (the starts are then read on the host at no cost), gathers
-    on the device otherwise (no host read)."""
-    which = [i for i, c in enumerate(cut) if c]
-    like = [lists[0][i] for i in which]
-    numel = torch.tensor([t.numel() for t in like], dtype=torch.float64)
-    pick = torch.tensor(which).to(step.device, non_blocking=True)
-    starts = _stats.window_starts(step[pick], numel.to(step.device, non_blocking=True), size, every)
-    out = [list(ts) for ts in lists]
-    # the statistics read the parameters only with coupled decay
-    windowed = list(zip(out, lists))[: 3 if decay != 0.0 else 2]
-    if cpu_is_host and step.device.type == "cpu":
-        # Starts readable on the host for free: the windows are views, no gather.
-        for start, i in zip(starts.tolist(), which):
-            for ts, src in windowed:
-                t = src[i]
-                if t.is_contiguous():  # one view op instead of a reshape and a slice
-                    ts[i] = t.as_strided((size,), (1,), t.storage_offset() + start)
-                else:
-                    ts[i] = t.reshape(-1)[start : start + size]
-        return out
-    starts_on = split_to(starts, like)
-    bases: dict[torch.device, Tensor] = {}
-    for k, i in enumerate(which):
-        dev = like[k].device
-        if dev not in bases:
-            bases[dev] = torch.arange(size, device=dev)
-        index = bases[dev] + starts_on[k]
-        for ts, src in windowed:
-            ts[i] = _stats.take_window(src[i], index)
+    n: int,
+    home: torch.device,
+    prev_bc: Tensor,
+    weight: Tensor,
+    inv_gs2: Tensor | None,
+) -> dict[str, Tensor]:
+    """One flat pass over ``items`` (one device, one coupled decay): per-tensor sums in units of
+    ``b`` (before the factor ``b ** power``), float32 vectors of length ``n`` on ``home`` (zero
+    for the tensors not in the pass)."""
+    g = _stats.pack_blocks([it.g for it in items], layout.pads)
+    v = _stats.pack_blocks([it.v for it in items], layout.pads)
+    p = None
+    if decay != 0.0:
+        p = _stats.pack_blocks([it.p for it in items], layout.pads)  # type: ignore[misc]
+    coefficients = torch.stack([prev_bc, weight])
+    if layout.where is not None:
+        coefficients = coefficients[:, layout.where]
+    b, w = coefficients.to(device, g.dtype, non_blocking=True).unbind(0)
+    cap = (1.0 / (w * b))[layout.rows].unsqueeze(1)
+    gs = None if inv_gs2 is None else inv_gs2.to(device, non_blocking=True)
+    row_sums = _stats.fresh_ratio_row_sums(g, v, cap, gs, p, decay)
+    sums = _stats.segment_sums(row_sums, layout.rows, len(items))
+    if layout.where is None and device == home:
+        return sums
+    out = {}
+    for name, s in sums.items():
+        s = s.to(home, non_blocking=True)
+        out[name] = s if layout.where is None else s.new_zeros(n).index_copy_(0, layout.where, s)
     return out
 
 
-def _counts(batches: list[GroupBatch], home: torch.device, size: int | None = None) -> Tensor:
-    """Real coordinates measured per tensor (complex counts twice), float32 on ``home``:
-    all of them, or at most ``size`` for plain (non-DTensor) tensors."""
-    counts = [
-        g.numel() * (2 if b.has_complex and torch.is_complex(g) else 1)
-        for b in batches
-        for g in b.grads
-    ]
-    if size is not None:
-        dtensor = _dtensor_type()
-        if dtensor is None:
-            counts = [min(n, size) for n in counts]
-        else:
-            grads = [g for b in batches for g in b.grads]
-            counts = [
-                n if n <= size or isinstance(g, dtensor) else size for n, g in zip(counts, grads)
-            ]
-    return torch.tensor(counts, dtype=torch.float32).to(home, non_blocking=True)
+def _window(t: Tensor, start: int, size: int) -> Tensor:
+    """Coordinates ``[start, start + size)`` of flattened ``t``: a view (a copy of ``t`` first if
+    it is not contiguous, as ``reshape`` makes)."""
+    if t.is_contiguous():  # one view op instead of a reshape and a slice
+        return t.as_strided((size,), (1,), t.storage_offset() + start)
+    return t.reshape(-1)[start : start + size]
 
 
-def _stat_calls(ts: list[Tensor], cpu_is_host: bool = True) -> list[tuple[list[int], bool]]:
-    """How to measure one bucket (same device and dtype): ``(positions, stacked)`` per call of
-    ``fresh_ratio_sums``. On the CPU tensors of at most ``STACK_MAX_NUMEL`` elements that share
-    a shape with another are stacked (one call per shape, a kernel per pass rather than per
-    tensor); everything else, and everything on accelerators (where a foreach op is already a
-    few multi-tensor kernels), goes through one foreach call."""
-    if not (cpu_is_host and ts[0].device.type == "cpu"):
-        return [(list(range(len(ts))), False)]
-    shapes: dict[torch.Size, list[int]] = {}
-    rest: list[int] = []
-    for j, t in enumerate(ts):
-        if t.numel() <= _stats.STACK_MAX_NUMEL:
-            shapes.setdefault(t.shape, []).append(j)
-        else:
-            rest.append(j)
-    calls = []
-    for js in shapes.values():
-        if len(js) >= 2:
-            calls.append((js, True))
-        else:
-            rest.extend(js)
-    if rest:
-        calls.append((sorted(rest), False))
-    return calls
+def _flat(t: Tensor) -> Tensor:
+    """``t`` as a 1-D tensor (itself if it already is one)."""
+    return t if t.dim() == 1 else t.reshape(-1)
 
 
-def _dtensor_type() -> type | None:
-    """``DTensor`` if torch.distributed.tensor is loaded (no DTensor can exist before that)."""
-    return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
-
-
-def _local_shards(ts: list[Tensor]) -> list[Tensor]:
-    """This rank's shards of DTensors (FSDP2 parameters); other tensors as they are."""
-    dtensor = _dtensor_type()
-    if dtensor is None:
-        return ts
-    return [t.to_local() if isinstance(t, dtensor) else t for t in ts]  # type: ignore[attr-defined]
-
-
-def _sum_over_shards(s_r: Tensor, s_r2: Tensor, like: list[Tensor]) -> tuple[Tensor, Tensor]:
+def _sum_over_shards(sums: dict[str, Tensor], like: list[Tensor | None]) -> dict[str, Tensor]:
     """Sums over this rank's shards of ``like`` -> sums over the whole tensors, on every rank.
 
     FSDP2 (DTensor) parameters are sharded across ranks: without this all-reduce each rank would
     measure only its shard and step its part of a tensor with its own scale (and the DTensor sums
     would not mix with the plain tensors of the policy). One all-reduce per distinct layout.
     """
-    dtensor = _dtensor_type()
-    if dtensor is None or not any(isinstance(t, dtensor) for t in like):
-        return s_r, s_r2
     from torch.distributed.tensor import Partial, Replicate
 
-    sums = torch.stack([s_r, s_r2], 1)
+    names = list(sums)
+    stacked = torch.stack([sums[k] for k in names], 1)
     layouts: dict[Any, list[int]] = {}
     for i, t in enumerate(like):
-        if isinstance(t, dtensor) and any(p.is_shard() for p in t.placements):  # type: ignore[attr-defined]
+        if t is not None and any(p.is_shard() for p in t.placements):  # type: ignore[attr-defined]
             key = (t.device_mesh, tuple(t.placements))  # type: ignore[attr-defined]
             layouts.setdefault(key, []).append(i)
+    dtensor = dtensor_type()
     for (mesh, placements), idx in layouts.items():
-        sel = torch.tensor(idx, device=sums.device)
+        sel = torch.tensor(idx, device=stacked.device)
         reduce = [Partial() if p.is_shard() else Replicate() for p in placements]
-        local = sums.index_select(0, sel)
-        total = dtensor.from_local(local, mesh, reduce, run_check=False)  # type: ignore[attr-defined]
-        sums = sums.index_copy(0, sel, total.full_tensor())
-    return sums[:, 0], sums[:, 1]
+        local = stacked.index_select(0, sel)
+        total = dtensor.from_local(local, mesh, reduce, run_check=False)  # type: ignore[union-attr]
+        stacked = stacked.index_copy(0, sel, total.full_tensor())
+    return dict(zip(names, stacked.unbind(1)))

@@ -37,7 +37,7 @@ from ._algorithms import ALGORITHMS, Algorithm
 from ._apply import apply
 from ._collect import PREFIX, Book, collect, fit_warmup_state
 from ._device import device_path_on_cpu, stack_to
-from ._measure import measure, staggered
+from ._measure import Layouts, measure
 from .policies import WarmupPolicy, resolve_policy
 
 __all__ = ["WarmupOptimizer", "GRANULARITIES"]
@@ -169,6 +169,7 @@ class WarmupOptimizer(Optimizer):
         self.warmup: WarmupPolicy | None = policy
         self.granularity = granularity
         self._book = Book()
+        self._layouts = Layouts()
         self._cpu_is_host = not device_path_on_cpu()
         self._seen_lrs: list[float | None] = []
         self._lr_rise_warned = False
@@ -211,6 +212,7 @@ class WarmupOptimizer(Optimizer):
         self._seen_lrs = []  # the loaded lrs are not a rise
         self._lr_rise_warned = self.__dict__.get("_lr_rise_warned", False)
         self._book = Book()
+        self._layouts = Layouts()
         self._cpu_is_host = not device_path_on_cpu()
 
     @torch._disable_dynamo  # type: ignore[attr-defined]
@@ -239,18 +241,19 @@ class WarmupOptimizer(Optimizer):
         post = self.register_load_state_dict_post_hook(
             lambda _: self._restore_warmup_state(loaded[-1]), prepend=True
         )
+        self._book.reset()
+        self._cpu_is_host = not device_path_on_cpu()
         try:
             super().load_state_dict(state_dict)
         finally:
             pre.remove()
             post.remove()
-        self._book.reset()
-        self._cpu_is_host = not device_path_on_cpu()
         self._seen_lrs = []
 
     def _restore_warmup_state(self, state_dict: dict[str, Any]) -> None:
         """Copy the saved ``warmup_*`` entries into the state as float32 (torch cast them), then
-        fit them to this optimizer's policy."""
+        fit them to this optimizer's policy. Where the loaded step counts live on a device, the
+        host takes its own count of them from the saved ones (read at load, not on a step)."""
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
@@ -260,6 +263,9 @@ class WarmupOptimizer(Optimizer):
                     self.state[p][key] = value.detach().to(
                         dtype=torch.float32, device=p.device, copy=True
                     )
+            step = self.state.get(p, {}).get("step")
+            if isinstance(step, Tensor) and not (self._cpu_is_host and step.device.type == "cpu"):
+                self._book.steps[p] = int(float(saved["step"]))
         fit_warmup_state(self.state, self.warmup)
 
     # ------------------------------------------------------------------ the step
@@ -283,7 +289,7 @@ class WarmupOptimizer(Optimizer):
             self._check_lr_rise()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        got = collect(self, self._algorithm, policy, self._book)
+        got = collect(self, self._algorithm, policy, self._book, self._cpu_is_host, found_inf)
         scale = step = None
         warming = got.warming
         if policy is not None and warming is not None:
@@ -292,17 +298,14 @@ class WarmupOptimizer(Optimizer):
             if spec.statistics and warming.params:
                 stats = measure(
                     got.batches,
-                    got.modes,
                     [self._algorithm.coupled_decay(g) for g in self.param_groups],
-                    warming.step,
-                    warming.beta,
+                    warming,
+                    spec,
+                    self._numbers(warming.params) if spec.every > 1 else [],
+                    self._book.calls,
                     grad_scale,
                     found_inf,
-                    warming.home,
-                    spec.every,
-                    spec.sample,
-                    staggered(self.param_groups, warming.params, spec.every, self._book.calls),
-                    self._cpu_is_host,
+                    self._layouts,
                 )
             if warming.params:
                 self._book.calls += 1
@@ -316,6 +319,12 @@ class WarmupOptimizer(Optimizer):
             grad_scale, found_inf, self._cpu_is_host,
         )  # fmt: skip
         return loss
+
+    def _numbers(self, params: list[Tensor]) -> list[int]:
+        """Each of ``params``' position in ``param_groups`` order (the stagger of
+        ``measure_every`` counts tensors so)."""
+        number = {id(q): j for j, q in enumerate(q for g in self.param_groups for q in g["params"])}
+        return [number[id(q)] for q in params]
 
     def _check_lr_rise(self) -> None:
         """Warn once if a group's ``lr`` rose since the previous step while still warming up.
