@@ -58,13 +58,13 @@ def advance(
     else:
         scale, new = _pooled_update(policy, old, step, beta, stats, units, n_units, bias_corrected)
     new["scale"] = scale
+    skipped = None
     if found_inf is not None:
         skipped = found_inf.to(warming.home, torch.float32, non_blocking=True) > 0
-        new = {k: torch.where(skipped, old[k], v) for k, v in new.items()}
-    warming.store(new)
+    scale = warming.store(new, skipped)
     if not policy.spec.can_fall:
-        book.done_flag.publish((new["scale"] >= 1.0).all())
-    return new["scale"]
+        book.done_flag.publish((scale >= 1.0).all())
+    return scale
 
 
 def _pooled_update(

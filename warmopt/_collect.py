@@ -31,8 +31,10 @@ PREFIX = "warmup_"
 
 @dataclass
 class _FlatState:
-    """Warm-up state laid out as one vector per key; ``entries`` are its 0-d views, in order."""
+    """Warm-up state laid out as one matrix, a row per key (``vectors``: the rows, by key);
+    ``entries`` are its 0-d views, in order: the ``optimizer.state[p]`` entries themselves."""
 
+    matrix: Tensor
     vectors: dict[str, Tensor]
     entries: dict[str, list[Tensor]]
 
@@ -80,14 +82,24 @@ class Warming:
     _entries: dict[str, list[Tensor]]
     #: ``step`` on the host where a window is measured (sampling policies), else None
     host_steps: list[int] | None = None
+    _steps_cpu: Tensor | None = None
 
-    def store(self, new: dict[str, Tensor]) -> None:
-        """Write this step's numbers into the state entries (one op per key)."""
-        for key, vector in new.items():
-            if self._flat is not None:
-                self._flat.vectors[key].copy_(vector)  # the state entries are views of it
-            else:
-                torch._foreach_copy_(self._entries[key], split_to(vector, self._entries[key]))
+    def store(self, new: dict[str, Tensor], skipped: Tensor | None = None) -> Tensor:
+        """Write this step's numbers into the state entries (a stack and a copy for all keys),
+        keeping the old ones where ``skipped`` (a GradScaler step with inf/NaN gradients); return
+        the scales stored."""
+        keys = list(self.old)
+        if self._flat is not None:
+            stacked = torch.stack([new[k] for k in keys])
+            if skipped is not None:
+                stacked = torch.where(skipped, self._flat.matrix, stacked)
+            self._flat.matrix.copy_(stacked)  # the state entries are views of it
+            return self._flat.vectors["scale"]
+        for key in keys:
+            vector = new[key] if skipped is None else torch.where(skipped, self.old[key], new[key])
+            torch._foreach_copy_(self._entries[key], split_to(vector, self._entries[key]))
+            new[key] = vector
+        return new["scale"]
 
 
 @dataclass
@@ -171,8 +183,9 @@ def _host_steps(
     this step, and read from the device only the first time the host meets a tensor with
     existing state (after wrapping a stepped optimizer or unpickling one: one sync, once).
     """
-    if cpu_is_host and all(s.device.type == "cpu" for s in steps):
-        return [int(t) + 1 for t in torch.stack(steps).tolist()]
+    if cpu_is_host and all(s.device.type == "cpu" for s in steps):  # readable for free
+        stacked = warming._steps_cpu if warming._steps_cpu is not None else torch.stack(steps)
+        return [int(t) + 1 for t in stacked.tolist()]
     copied = book.steps_copy.poll()
     if copied is not None:
         for i, p, guessed in book.steps_copied:
@@ -247,15 +260,20 @@ def _warming(
     states = [opt.state[p] for p in params]
     # step and beta in float64: 1 - beta must be exact for the closed forms (float32 0.999 gives
     # an untuned-linear period of 2000.03 steps, i.e. one step late).
-    step = stack_to([s for b in batches for s in b.state_steps], home).double() + 1
+    steps = [s for b in batches for s in b.state_steps]
+    stacked = stack_to(steps, home)
+    step = stacked.double() + 1
     beta = _per_tensor([algorithm.beta(g) for g in opt.param_groups], counts, home)
-    current = {k: [s[PREFIX + k] for s in states] for k in keys}
+    current = {k: [s[name] for s in states] for k, name in zip(keys, [PREFIX + k for k in keys])}
     flat = _flat_state(book, states, current, home)
     if flat is not None:
         old = dict(flat.vectors)
     else:
         old = {k: stack_to(current[k], home) for k in keys}
-    return Warming(params, counts, home, step, beta, old, flat, current)
+    warming = Warming(params, counts, home, step, beta, old, flat, current)
+    if stacked.device.type == "cpu":
+        warming._steps_cpu = stacked  # the step counts before this step, gathered on the CPU
+    return warming
 
 
 def _flat_state(
@@ -282,12 +300,15 @@ def _flat_state(
     if any(t.device != home for t in next(iter(current.values()))):
         book.flat = None
         return None
-    vectors = {k: torch.stack(ts).to(torch.float32) for k, ts in current.items()}
+    keys = list(current)
+    matrix = torch.stack([torch.stack(current[k]).to(torch.float32) for k in keys])
+    vectors = dict(zip(keys, matrix.unbind(0)))
     entries = {k: list(v.unbind(0)) for k, v in vectors.items()}
     for k, views in entries.items():
+        name = PREFIX + k
         for st, view in zip(states, views):
-            st[PREFIX + k] = view
-    book.flat = _FlatState(vectors, entries)
+            st[name] = view
+    book.flat = _FlatState(matrix, vectors, entries)
     return book.flat
 
 

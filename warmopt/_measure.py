@@ -61,14 +61,29 @@ class _Pass:
     pads: list[Tensor | None]  # zero padding after each tensor's coordinates (shared views)
     rows: Tensor  # int64 [blocks] on the pass's device: the tensor (0..k-1) of every row
     where: Tensor | None  # int64 [k] on home: each tensor's position in the step (None: 0..n-1)
+    #: the pass's buffers for g, v (and p), [blocks, BLOCK] each, kept from step to step:
+    #: fresh multi-MB buffers on every step cost more in page faults than the pass itself on
+    #: the CPU. At most ``sample`` coordinates per tensor (and ``FLAT_MAX_NUMEL`` per pass);
+    #: dropped with the layouts when the warm-up ends.
+    work: list[Tensor]
 
 
 class Layouts:
     """Layouts of the flat passes, cached by the tensors' positions and segment lengths (the set
     of tensors with a gradient rarely changes; ``measure_every`` cycles through ``k`` sets)."""
 
-    def __init__(self, size: int = 16) -> None:
+    def clear(self) -> None:
+        """Drop every layout and its buffers (the warm-up is over)."""
+        self._passes.clear()
+        self._vectors.clear()
+        self.tensors.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self._passes or self._vectors)
+
+    def __init__(self, size: int = 64) -> None:
         self._passes: OrderedDict[Any, _Pass] = OrderedDict()
+        self.tensors: dict[Any, _Tensors] = {}
         self._vectors: OrderedDict[Any, Tensor] = OrderedDict()
         self._zeros: dict[torch.device, Tensor] = {}
         self._size = size
@@ -79,17 +94,20 @@ class Layouts:
             table.popitem(last=False)
         return value
 
-    def known(self, plan: list[tuple[torch.device, float, list[int]]], home: Any, n: int) -> bool:
-        """Whether the passes of ``plan`` are laid out already."""
+    def known(self, plan: list[Any], home: torch.device, n: int) -> bool:
+        """Whether the passes of ``plan`` (from ``_plan``) are laid out already."""
         return all(
-            (device, home, tuple(indices), n) in self._passes for device, _, indices in plan
+            (device, home, tuple(indices), n, dtype, 2 + (decay != 0.0)) in self._passes
+            for device, decay, dtype, indices in plan
         )
 
     def flat_pass(
         self, device: torch.device, home: torch.device, picked: list[int], lengths: list[int],
-        n: int,
+        n: int, dtype: torch.dtype, buffers: int,
     ) -> _Pass:  # fmt: skip
-        key = (device, home, tuple(picked), n)
+        """The layout of the pass over tensors ``picked`` (positions in the step, of ``n``)
+        measuring ``lengths`` coordinates each, with ``buffers`` work buffers of ``dtype``."""
+        key = (device, home, tuple(picked), n, dtype, buffers)
         if key in self._passes and self._passes[key].lengths != lengths:
             del self._passes[key]  # the same tensors with other lengths (a new set of tensors)
         got = self._passes.get(key)
@@ -104,7 +122,10 @@ class Layouts:
         rows = torch.tensor([i for i, b in enumerate(blocks) for _ in range(b)], dtype=torch.long)
         identity = picked == list(range(n))
         where = None if identity else torch.tensor(picked, dtype=torch.long).to(home)
-        laid = _Pass(list(lengths), pads, rows.to(device), where)
+        rows = rows.to(device)
+        shape = (rows.numel(), _stats.BLOCK)
+        work = [torch.empty(shape, dtype=dtype, device=device) for _ in range(buffers)]
+        laid = _Pass(list(lengths), pads, rows, where, work)
         return self._remember(self._passes, key, laid)  # type: ignore[no-any-return]
 
     def vector(self, key: Any, values: list[float], home: torch.device) -> Tensor:
@@ -119,14 +140,17 @@ class Layouts:
 
 
 @dataclass
-class _Item:
-    """One tensor's share of a pass: its position in the step and its measured coordinates
-    (a window or the whole tensor, local shard of a DTensor), each 1-D."""
+class _Tensors:
+    """What the measure stage knows about one set of tensors with a gradient, kept while the set
+    stays the same: per tensor, its device, its group's coupled decay, the dtype its pass
+    computes in, the coordinates it measures (``length``), whether that is a window (else the
+    whole tensor or, for a DTensor, this rank's shard) and its real size; the count vector."""
 
-    index: int
-    g: Tensor
-    v: Tensor
-    p: Tensor | None
+    slots: list[tuple[torch.device, float, torch.dtype, int]]
+    window: list[bool]
+    numel: list[int]
+    count: Tensor
+    plans: dict[Any, list[tuple[torch.device, float, torch.dtype, list[int]]]]
 
 
 def measure(
@@ -154,68 +178,67 @@ def measure(
     size, every = spec.sample, spec.every
     pick = staggered(numbers, every, calls)
     dtensor = dtensor_type()
-    items: list[_Item | None] = []
-    where: list[tuple[torch.device, float, int]] = []  # device, decay and length of each
-    counts: list[float] = []
+    grads = [g for b in batches for g in real_views(b.grads, b.has_complex)]
+    sqs = [v for b in batches for v in real_views(b.second_moments, b.has_complex)]
+    ps: list[Tensor | None] = [
+        p if decay != 0.0 else None
+        for b, decay in zip(batches, decays)
+        for p in real_views(b.params, b.has_complex)
+    ]
     shards: list[Tensor | None] = []
-    for batch, decay in zip(batches, decays):
-        grads = real_views(batch.grads, batch.has_complex)
-        sqs = real_views(batch.second_moments, batch.has_complex)
-        params = real_views(batch.params, batch.has_complex) if decay != 0.0 else None
-        for i, g in enumerate(grads):
-            index = len(items)
-            sharded = batch.grads[i] if dtensor is not None and isinstance(g, dtensor) else None
-            shards.append(sharded)
-            numel = g.numel()  # of the whole tensor, for a DTensor too
-            window = size is not None and numel > size and sharded is None
-            counts.append(float(size if window else numel))
-            v, p = sqs[i], None if params is None else params[i]
-            if sharded is not None:  # this rank's shard, measured whole
-                g, v = g.to_local(), v.to_local()  # type: ignore[attr-defined]
-                p = None if p is None else p.to_local()  # type: ignore[attr-defined]
-            length = size if window else g.numel()
-            where.append((g.device, decay, length))  # type: ignore[arg-type]
-            if pick is not None and not pick[index]:
-                items.append(None)
-            elif window:
-                assert size is not None and warming.host_steps is not None
-                start = _stats.window_start(warming.host_steps[index], numel, size, every)
-                g, v = _window(g, start, size), _window(v, start, size)
-                p = None if p is None else _window(p, start, size)
-                items.append(_Item(index, g, v, p))
-            else:
-                items.append(_Item(index, _flat(g), _flat(v), None if p is None else _flat(p)))
+    if dtensor is not None and any(isinstance(g, dtensor) for g in grads):
+        # FSDP2: each rank measures its shard of a DTensor, whole
+        shards = [g if isinstance(g, dtensor) else None for g in grads]
+        grads = [g.to_local() if isinstance(g, dtensor) else g for g in grads]  # type: ignore[attr-defined]
+        sqs = [v.to_local() if isinstance(v, dtensor) else v for v in sqs]  # type: ignore[attr-defined]
+        ps = [p.to_local() if isinstance(p, dtensor) else p for p in ps]  # type: ignore[attr-defined]
+    known = _known(layouts, warming.params, grads, shards, decays, batches, size, home)
 
-    plan = _plan(where, pick)
-    if every > 1 and not layouts.known(plan, home, n):
-        # the first call of a stagger pattern: lay out all ``every`` patterns now, so that
-        # every warming call dispatches the same ops
+    plan = known.plans.get(pick and tuple(pick))
+    if plan is None:
+        # the first call of a stagger pattern: lay out all ``every`` patterns now, so that every
+        # warming call dispatches the same ops
         for calls_ in range(every):
             pick_ = staggered(numbers, every, calls_)
-            layouts.vector(("pick", tuple(pick_)), [float(x) for x in pick_], home)  # type: ignore[arg-type]
-            for device, decay, indices in _plan(where, pick_):
-                layouts.flat_pass(device, home, indices, [where[i][2] for i in indices], n)
+            plan_ = known.plans[pick_ and tuple(pick_)] = _plan(known.slots, pick_)
+            if pick_ is not None:
+                layouts.vector(("pick", tuple(pick_)), [float(x) for x in pick_], home)
+            for device, decay, dtype, indices in plan_:
+                lengths = [known.slots[i][3] for i in indices]
+                layouts.flat_pass(device, home, indices, lengths, n, dtype, 2 + (decay != 0.0))
+        plan = known.plans[pick and tuple(pick)]
+
+    host_steps = warming.host_steps
     prev_bc = 1 - beta ** (step - 1)
     weight = _stats.newest_weight(step, beta)
     inv_gs2 = None
     if grad_scale is not None:
         inv_gs2 = grad_scale.to(torch.float32).reciprocal().square()
     sums: dict[str, Tensor] | None = None
-    for device, decay, indices in plan:
-        chunk = [items[i] for i in indices]
-        lengths = [where[i][2] for i in indices]
-        layout = layouts.flat_pass(device, home, indices, lengths, n)
-        got = _flat_pass(chunk, layout, device, decay, n, home, prev_bc, weight, inv_gs2)  # type: ignore[arg-type]
+    for device, decay, dtype, indices in plan:
+        lengths = [known.slots[i][3] for i in indices]
+        layout = layouts.flat_pass(device, home, indices, lengths, n, dtype, 2 + (decay != 0.0))
+        pieces: list[list[Tensor]] = [[], [], []] if decay != 0.0 else [[], []]
+        for i in indices:
+            if known.window[i]:
+                assert size is not None and host_steps is not None
+                start = _stats.window_start(host_steps[i], known.numel[i], size, every)
+                for ts, t in zip(pieces, (grads[i], sqs[i], ps[i])):
+                    ts.append(_window(t, start, size))  # type: ignore[arg-type]
+            else:
+                for ts, t in zip(pieces, (grads[i], sqs[i], ps[i])):
+                    ts.append(t if t.dim() == 1 else t.reshape(-1))  # type: ignore[union-attr]
+        got = _flat_pass(pieces, layout, device, decay, n, home, prev_bc, weight, inv_gs2)
         sums = got if sums is None else {k: sums[k] + got[k] for k in sums}
     if sums is None:
         zero = torch.zeros(n, dtype=torch.float64, device=home)
         sums = dict.fromkeys(_stats.SUM_POWERS, zero)
-    if any(t is not None for t in shards):  # the same tensors on every rank, whatever was picked
+    if shards:  # the same tensors on every rank, whatever was picked
         sums = _sum_over_shards(sums, shards)
     for name, power in _stats.SUM_POWERS.items():
         sums[name] = sums[name] * (prev_bc if power == 1 else prev_bc**power)
 
-    count = layouts.vector(("count", tuple(counts)), counts, home)
+    count = known.count
     valid = ((step >= 2) & (count > 0)).float()
     if pick is not None:
         valid = valid * layouts.vector(("pick", tuple(pick)), [float(x) for x in pick], home)
@@ -224,32 +247,66 @@ def measure(
     return Statistics(**sums, count=count, valid=valid)
 
 
+def _known(
+    layouts: Layouts,
+    params: list[Tensor],
+    grads: list[Tensor],
+    shards: list[Tensor | None],
+    decays: list[float],
+    batches: list[GroupBatch],
+    size: int | None,
+    home: torch.device,
+) -> _Tensors:
+    """The :class:`_Tensors` of this set of tensors (made on the first step that sees it)."""
+    key = (tuple(map(id, params)), tuple(decays), size, home, bool(shards))
+    got = layouts.tensors.get(key)
+    if got is not None and not shards:
+        return got
+    group_decay = [decay for b, decay in zip(batches, decays) for _ in b.params]
+    slots, window, numel = [], [], []
+    counts = []
+    for i, g in enumerate(grads):
+        whole = shards[i].numel() if shards and shards[i] is not None else g.numel()  # type: ignore[union-attr]
+        cut = size is not None and whole > size and not (shards and shards[i] is not None)
+        dtype = torch.float64 if g.dtype == torch.float64 else torch.float32
+        slots.append((g.device, group_decay[i], dtype, size if cut else g.numel()))
+        window.append(cut)
+        numel.append(whole)
+        counts.append(float(size if cut else whole))  # type: ignore[arg-type]
+    count = torch.tensor(counts, dtype=torch.float32).to(home, non_blocking=True)
+    known = _Tensors(slots, window, numel, count, {})  # type: ignore[arg-type]
+    layouts.tensors[key] = known
+    if len(layouts.tensors) > 4:
+        layouts.tensors.pop(next(iter(layouts.tensors)))
+    return known
+
+
 def _plan(
-    where: list[tuple[torch.device, float, int]], pick: list[bool] | None
-) -> list[tuple[torch.device, float, list[int]]]:
-    """The flat passes: the picked tensors by device and coupled decay, in order, in runs of at
-    most ``FLAT_MAX_NUMEL`` padded coordinates (a larger tensor alone)."""
-    parts: dict[tuple[torch.device, float], list[int]] = {}
-    for i, (device, decay, _) in enumerate(where):
+    slots: list[tuple[torch.device, float, torch.dtype, int]], pick: list[bool] | None
+) -> list[tuple[torch.device, float, torch.dtype, list[int]]]:
+    """The flat passes: the picked tensors by device, coupled decay and dtype, in order, in runs
+    of at most ``FLAT_MAX_NUMEL`` padded coordinates (a larger tensor alone)."""
+    parts: dict[tuple[torch.device, float, torch.dtype], list[int]] = {}
+    for i, (device, decay, dtype, _) in enumerate(slots):
         if pick is None or pick[i]:
-            parts.setdefault((device, decay), []).append(i)
+            parts.setdefault((device, decay, dtype), []).append(i)
     plan = []
-    for (device, decay), indices in parts.items():
+    for (device, decay, dtype), indices in parts.items():
         run: list[int] = []
         total = 0
         for i in indices:
-            k = -(-where[i][2] // _stats.BLOCK) * _stats.BLOCK
+            k = -(-slots[i][3] // _stats.BLOCK) * _stats.BLOCK
             if run and total + k > FLAT_MAX_NUMEL:
-                plan.append((device, decay, run))
+                plan.append((device, decay, dtype, run))
                 run, total = [], 0
             run.append(i)
             total += k
-        plan.append((device, decay, run))
+        plan.append((device, decay, dtype, run))
     return plan
 
 
 def _flat_pass(
-    items: list[_Item],
+    pieces: list[list[Tensor]],
     layout: _Pass,
     device: torch.device,
     decay: float,
@@ -259,22 +316,22 @@ def _flat_pass(
     weight: Tensor,
     inv_gs2: Tensor | None,
 ) -> dict[str, Tensor]:
-    """One flat pass over ``items`` (one device, one coupled decay): per-tensor sums in units of
-    ``b`` (before the factor ``b ** power``), float32 vectors of length ``n`` on ``home`` (zero
-    for the tensors not in the pass)."""
-    g = _stats.pack_blocks([it.g for it in items], layout.pads)
-    v = _stats.pack_blocks([it.v for it in items], layout.pads)
-    p = None
-    if decay != 0.0:
-        p = _stats.pack_blocks([it.p for it in items], layout.pads)  # type: ignore[misc]
+    """One flat pass over the 1-D ``pieces`` of ``g``, ``v`` (and ``p`` with coupled decay) of
+    the pass's tensors (one device, one coupled decay): per-tensor sums in units of ``b``
+    (before the factor ``b ** power``), float32 vectors of length ``n`` on ``home`` (zero for
+    the tensors not in the pass)."""
+    g, v, *p = (
+        _stats.pack_blocks(ts, layout.pads, out=buffer) for ts, buffer in zip(pieces, layout.work)
+    )
+    dtype = g.dtype
     coefficients = torch.stack([prev_bc, weight])
     if layout.where is not None:
         coefficients = coefficients[:, layout.where]
-    b, w = coefficients.to(device, g.dtype, non_blocking=True).unbind(0)
+    b, w = coefficients.to(device, dtype, non_blocking=True).unbind(0)
     cap = (1.0 / (w * b))[layout.rows].unsqueeze(1)
     gs = None if inv_gs2 is None else inv_gs2.to(device, non_blocking=True)
-    row_sums = _stats.fresh_ratio_row_sums(g, v, cap, gs, p, decay)
-    sums = _stats.segment_sums(row_sums, layout.rows, len(items))
+    row_sums = _stats.fresh_ratio_row_sums(g, v, cap, gs, p[0] if p else None, decay)
+    sums = _stats.segment_sums(row_sums, layout.rows, len(layout.lengths))
     if layout.where is None and device == home:
         return sums
     out = {}

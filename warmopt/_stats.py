@@ -123,15 +123,21 @@ def take_window(t: Tensor, index: Tensor) -> Tensor:
 BLOCK = 256
 
 
-def pack_blocks(pieces: list[Tensor], pads: list[Tensor | None]) -> Tensor:
+def pack_blocks(
+    pieces: list[Tensor], pads: list[Tensor | None], out: Tensor | None = None
+) -> Tensor:
     """The 1-D ``pieces``, each followed by its zero ``pad`` (to a multiple of ``BLOCK``), as one
     ``[rows, BLOCK]`` matrix: one copy of the pieces (``torch.cat``), in float32 (float64 if a
-    piece is; narrower dtypes are widened, the statistics need the range)."""
+    piece is; narrower dtypes are widened, the statistics need the range), into ``out`` if
+    given (a ``[rows, BLOCK]`` buffer of that dtype)."""
     parts: list[Tensor] = []
     for piece, pad in zip(pieces, pads):
         parts.append(piece)
         if pad is not None:
             parts.append(pad)
+    if out is not None:
+        torch.cat(parts, out=out.view(-1))
+        return out
     flat = torch.cat(parts)
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
@@ -158,26 +164,33 @@ def fresh_ratio_row_sums(
 
     with :math:`x = g^2` (times ``inv_grad_scale_sq`` for gradients still carrying a
     GradScaler's scale; :math:`x = (g + c\,p)^2` with ``coupled_decay`` :math:`c`, as torch
-    squares the L2-decayed gradient). Zero padding gives :math:`q = 0`. The sums are named as the
-    fields of :class:`Statistics` they become (after the per-tensor sum and the factor
-    :math:`b` or :math:`b^2`); a new per-tensor sum over the same coordinates is one more entry
-    here, one more field there.
+    squares the L2-decayed gradient). Zero padding gives :math:`q = 0`.
+
+    ``g`` and ``v`` are scratch (packed copies): the ratio is computed in place, in ``g``, so a
+    step allocates no buffer of their size. The sums are named as the fields of
+    :class:`Statistics` they become (after the per-tensor sum and the factor :math:`b` or
+    :math:`b^2`, ``SUM_POWERS``): a new per-tensor sum over the same coordinates is one more
+    entry here (computed before the ratio overwrites ``g`` and ``v``), one more field there.
     """
+    sums: dict[str, Tensor] = {}
     tiny = max(_TINY, torch.finfo(g.dtype).tiny)
+    x = g
     if coupled_decay != 0.0 and p is not None:
         if inv_grad_scale_sq is not None:
-            g = g * inv_grad_scale_sq.reshape(()).sqrt().to(g.dtype)
-        x = torch.add(g, p, alpha=coupled_decay)
+            x.mul_(inv_grad_scale_sq.reshape(()).sqrt().to(g.dtype))
+        x.add_(p, alpha=coupled_decay)
         x.mul_(x)
     else:
-        x = torch.mul(g, g)
+        x.mul_(x)
         if inv_grad_scale_sq is not None:
             x.mul_(inv_grad_scale_sq.reshape(()).to(g.dtype))
     # min(x b / v, 1/w) is the capped ratio r (the two branches of the max in the docstring of
     # fresh_ratio_sums swap exactly where x b / v = 1/w); in units of r/b the cap is 1/(w b).
     # max(v, tiny) turns 0/0 (never a gradient, none now) into 0.
-    x.div_(v.clamp_min(tiny)).clamp_max_(cap)
-    return {"sum_r": x.sum(1), "sum_r2": torch.linalg.vector_norm(x, 2, dim=1).square()}
+    x.div_(v.clamp_min_(tiny)).clamp_max_(cap)
+    sums["sum_r"] = x.sum(1)
+    sums["sum_r2"] = torch.linalg.vector_norm(x, 2, dim=1).square()
+    return sums
 
 
 #: how each row sum of fresh_ratio_row_sums becomes a Statistics field: times b ** power

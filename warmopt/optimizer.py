@@ -314,6 +314,8 @@ class WarmupOptimizer(Optimizer):
                 found_inf, self._book,
             )  # fmt: skip
             step = warming.step
+        elif self._layouts:  # warm-up over: free the statistics' buffers
+            self._layouts.clear()
         apply(
             self._algorithm, self.param_groups, got.batches, got.modes, scale, step,
             grad_scale, found_inf, self._cpu_is_host,
