@@ -310,17 +310,22 @@ class Measured(WarmupPolicy):
         if stats is None:
             raise ValueError("Measured.update needs statistics")
         step, beta = step.double(), beta.double()
-        n_now = _stats.effective_sample_size(step, beta)
-        n_prev = _stats.effective_sample_size(step - 1, beta).clamp_min(1.0)
-        n_inf = (1 + beta) / (1 - beta)
+        # beta^t, beta^(t-1), 1 +- beta once for every closed form below (each written as in
+        # _stats.effective_sample_size / newest_weight, so the numbers are theirs bit for bit)
+        bt, bt_prev = beta**step, beta ** (step - 1)
+        one_plus, one_minus = 1 + beta, 1 - beta
+        n_now = one_plus * (1 - bt) / (one_minus * (1 + bt))
+        n_prev = (one_plus * (1 - bt_prev) / (one_minus * (1 + bt_prev))).clamp_min(1.0)
+        n_inf = one_plus / one_minus
         count = stats.count.clamp_min(1.0)
         valid = stats.valid
 
         # Where nothing was measured the sums may be inf/NaN (no v̂_{t-1} at step 1): select, never
         # multiply, so they cannot leak into the state. All-zero gradients (r = 0) measure nothing.
         counts = (valid > 0) & (stats.sum_r > 0)
-        m1 = torch.where(counts, stats.sum_r / count, 1.0)
-        m2 = torch.where(counts, stats.sum_r2 / count, 1.0)
+        # count / count = 1 exactly where nothing counts (one select instead of a select of 1.0)
+        m1 = torch.where(counts, stats.sum_r, count) / count
+        m2 = torch.where(counts, stats.sum_r2, count) / count
         kurt, evidence = state["kurtosis"], state["evidence"]
         if self.kurtosis:
             # Relative variance of r across the tensor's coordinates (unbiased): kappa - 1 for
@@ -328,18 +333,17 @@ class Measured(WarmupPolicy):
             # drift term handles that. A single coordinate has no spread: use (r - 1)^2 over time.
             spread = (m2 / (m1 * m1) - 1) * count / (count - 1).clamp_min(1.0)
             k_step = torch.where(count >= 2, spread, m2 - 2 * m1 + 1).clamp_min(0.0)
-            weight = torch.where(counts, n_prev, 0.0)
+            weight = n_prev * counts  # n_prev where it counts, 0 elsewhere
             evidence = evidence + weight
             kurt = kurt + weight * (k_step - kurt) / evidence
         drift = state["drift"]
-        correction = torch.ones_like(drift)
         if self.drift:
             excess = m1 - 1 - kurt / n_prev
             rho = self.DRIFT_DECAY
             drift = torch.where(counts, rho * drift + (1 - rho) * excess, drift)
             sigma = torch.sqrt(kurt / count * ((1 - rho) / (1 + rho)))
             delta = (drift - self.DRIFT_Z * sigma).clamp_min(0.0)
-            w = _stats.newest_weight(step, beta)
+            w = one_minus / (1 - bt)  # _stats.newest_weight
             lag = torch.sqrt((1 + w * delta) / (1 + delta))
             correction = torch.clamp((1 + self.tol) * lag, max=1.0)
 
@@ -347,9 +351,9 @@ class Measured(WarmupPolicy):
         target = torch.clamp(math.sqrt(2.0) * 0.5 * torch.sqrt(kurt / n_inf), min=self.tol)
         candidate = torch.clamp(target / err, max=1.0)
         confidence = candidate if self.rewarm else torch.maximum(state["confidence"], candidate)
-        scale = confidence * correction
+        scale = confidence * correction if self.drift else confidence
         if not bias_corrected:
-            scale = scale * torch.sqrt(1 - beta**step)
+            scale = scale * torch.sqrt(1 - bt)
         new_state = {
             "confidence": confidence,
             "kurtosis": kurt,
