@@ -58,6 +58,9 @@ class Book:
     steps: dict[Tensor, int] = field(default_factory=dict)
     steps_copy: HostCopy = field(default_factory=HostCopy)
     steps_copied: list[tuple[int, Tensor, int]] = field(default_factory=list)
+    #: each tensor's beta (float64), for the groups' betas and sizes in ``beta_key``
+    beta: Tensor | None = None
+    beta_key: Any = None
 
     def reset(self) -> None:
         """Forget everything (a loaded checkpoint, new state): the next step looks again."""
@@ -66,6 +69,7 @@ class Book:
         self.steps.clear()
         self.steps_copy.reset()
         self.steps_copied = []
+        self.beta = self.beta_key = None
 
 
 @dataclass
@@ -227,22 +231,21 @@ def _warming(
     batches: list[GroupBatch],
 ) -> Warming | None:
     keys = ["scale", *policy.state_init]
+    names = [PREFIX + k for k in keys]
     if book.done and len(opt.state) == book.done_state_count:
         # Nothing got state since warm-up finished (a parameter's first gradient, a loaded
         # checkpoint, an added group would): skip even the host-side walk over the tensors.
         return None
-    fresh = False
-    initial = {"scale": 0.0, **policy.initial_state()}
-    for batch in batches:
-        for p in batch.params:
-            st = opt.state[p]
-            if PREFIX + "scale" not in st:
-                fresh = True
-                for key in keys:
-                    st[PREFIX + key] = torch.tensor(
-                        initial[key], dtype=torch.float32, device=p.device
-                    )
+    params = [p for b in batches for p in b.params]
+    states = [opt.state[p] for p in params]
+    fresh = [i for i, st in enumerate(states) if names[0] not in st]
     if fresh:
+        initial = {"scale": 0.0, **policy.initial_state()}
+        for i in fresh:
+            for key, name in zip(keys, names):
+                states[i][name] = torch.tensor(
+                    initial[key], dtype=torch.float32, device=params[i].device
+                )
         book.done = False
         book.done_flag.reset()
     elif not book.done and not policy.spec.can_fall:
@@ -251,20 +254,25 @@ def _warming(
         book.done_state_count = len(opt.state)
         return None
 
-    params = [p for b in batches for p in b.params]
     counts = [len(b.params) for b in batches]
     if not params:
         empty = torch.zeros(0, dtype=torch.float64)
         return Warming(params, counts, torch.device("cpu"), empty, empty, {}, None, {})
     home = params[0].device
-    states = [opt.state[p] for p in params]
     # step and beta in float64: 1 - beta must be exact for the closed forms (float32 0.999 gives
     # an untuned-linear period of 2000.03 steps, i.e. one step late).
     steps = [s for b in batches for s in b.state_steps]
     stacked = stack_to(steps, home)
     step = stacked.double() + 1
-    beta = _per_tensor([algorithm.beta(g) for g in opt.param_groups], counts, home)
-    current = {k: [s[name] for s in states] for k, name in zip(keys, [PREFIX + k for k in keys])}
+    betas = [algorithm.beta(g) for g in opt.param_groups]
+    if any(isinstance(b, Tensor) for b in betas):  # may change in place: read every step
+        beta = _per_tensor(betas, counts, home)
+    else:
+        key = (tuple(betas), tuple(counts), home)
+        if book.beta_key != key:
+            book.beta, book.beta_key = _per_tensor(betas, counts, home), key
+        beta = book.beta  # type: ignore[assignment]
+    current = {k: [st[name] for st in states] for k, name in zip(keys, names)}
     flat = _flat_state(book, states, current, home)
     if flat is not None:
         old = dict(flat.vectors)

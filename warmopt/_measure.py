@@ -150,6 +150,7 @@ class _Tensors:
     window: list[bool]
     numel: list[int]
     count: Tensor
+    measurable: Tensor  # 1.0 where count > 0 (float32)
     plans: dict[Any, list[tuple[torch.device, float, torch.dtype, list[int]]]]
 
 
@@ -209,8 +210,9 @@ def measure(
         plan = known.plans[pick and tuple(pick)]
 
     host_steps = warming.host_steps
+    # b = 1 - beta^(t-1), and the cap 1/(w b) of the ratio in units of b, w = (1-beta)/(1-beta^t)
     prev_bc = 1 - beta ** (step - 1)
-    weight = _stats.newest_weight(step, beta)
+    cap = (1 - beta**step) / ((1 - beta) * prev_bc)
     inv_gs2 = None
     if grad_scale is not None:
         inv_gs2 = grad_scale.to(torch.float32).reciprocal().square()
@@ -228,7 +230,7 @@ def measure(
             else:
                 for ts, t in zip(pieces, (grads[i], sqs[i], ps[i])):
                     ts.append(t if t.dim() == 1 else t.reshape(-1))  # type: ignore[union-attr]
-        got = _flat_pass(pieces, layout, device, decay, n, home, prev_bc, weight, inv_gs2)
+        got = _flat_pass(pieces, layout, device, decay, n, home, cap, inv_gs2)
         sums = got if sums is None else {k: sums[k] + got[k] for k in sums}
     if sums is None:
         zero = torch.zeros(n, dtype=torch.float64, device=home)
@@ -239,7 +241,7 @@ def measure(
         sums[name] = sums[name] * (prev_bc if power == 1 else prev_bc**power)
 
     count = known.count
-    valid = ((step >= 2) & (count > 0)).float()
+    valid = (step >= 2) * known.measurable
     if pick is not None:
         valid = valid * layouts.vector(("pick", tuple(pick)), [float(x) for x in pick], home)
     if found_inf is not None:
@@ -274,7 +276,7 @@ def _known(
         numel.append(whole)
         counts.append(float(size if cut else whole))  # type: ignore[arg-type]
     count = torch.tensor(counts, dtype=torch.float32).to(home, non_blocking=True)
-    known = _Tensors(slots, window, numel, count, {})  # type: ignore[arg-type]
+    known = _Tensors(slots, window, numel, count, (count > 0).float(), {})  # type: ignore[arg-type]
     layouts.tensors[key] = known
     if len(layouts.tensors) > 4:
         layouts.tensors.pop(next(iter(layouts.tensors)))
@@ -312,8 +314,7 @@ def _flat_pass(
     decay: float,
     n: int,
     home: torch.device,
-    prev_bc: Tensor,
-    weight: Tensor,
+    cap: Tensor,
     inv_gs2: Tensor | None,
 ) -> dict[str, Tensor]:
     """One flat pass over the 1-D ``pieces`` of ``g``, ``v`` (and ``p`` with coupled decay) of
@@ -324,11 +325,9 @@ def _flat_pass(
         _stats.pack_blocks(ts, layout.pads, out=buffer) for ts, buffer in zip(pieces, layout.work)
     )
     dtype = g.dtype
-    coefficients = torch.stack([prev_bc, weight])
     if layout.where is not None:
-        coefficients = coefficients[:, layout.where]
-    b, w = coefficients.to(device, dtype, non_blocking=True).unbind(0)
-    cap = (1.0 / (w * b))[layout.rows].unsqueeze(1)
+        cap = cap[layout.where]
+    cap = cap.to(device, dtype, non_blocking=True)[layout.rows].unsqueeze(1)
     gs = None if inv_gs2 is None else inv_gs2.to(device, non_blocking=True)
     row_sums = _stats.fresh_ratio_row_sums(g, v, cap, gs, p[0] if p else None, decay)
     sums = _stats.segment_sums(row_sums, layout.rows, len(layout.lengths))
