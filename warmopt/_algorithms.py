@@ -25,12 +25,14 @@ import torch
 from torch import Tensor
 from torch.optim import Adam, AdamW, RMSprop
 from torch.optim.adam import adam
-from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
+from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach, _get_scalar_dtype
 from torch.optim.rmsprop import rmsprop
 
 from ._device import split_to
 
-__all__ = ["Algorithm", "ALGORITHMS", "GroupBatch", "resolve_mode", "real_views"]
+__all__ = [
+    "Algorithm", "ALGORITHMS", "GroupBatch", "resolve_mode", "real_views", "fill_in_as_torch",
+]  # fmt: skip
 
 
 @dataclass
@@ -550,3 +552,61 @@ ADAM = _AdamAlgorithm()
 RMSPROP = _RMSpropAlgorithm()
 #: The torch classes WarmupOptimizer can wrap, exact types only (a subclass may change the step).
 ALGORITHMS: dict[type[Optimizer], Algorithm] = {Adam: ADAM, AdamW: ADAM, RMSprop: RMSPROP}
+
+
+# --------------------------------------------------------------------- loading as torch
+
+#: The flags each torch class's ``__setstate__`` fills in for state dicts saved before the flag
+#: existed, with the default it fills in (AdamW: Adam's, then ``decoupled_weight_decay=True``).
+LOAD_DEFAULTS: dict[type[Optimizer], dict[str, Any]] = {
+    Adam: {
+        "amsgrad": False,
+        "maximize": False,
+        "foreach": None,
+        "capturable": False,
+        "differentiable": False,
+        "decoupled_weight_decay": False,
+        "fused": None,
+    },
+    RMSprop: {
+        "momentum": 0,
+        "centered": False,
+        "foreach": None,
+        "maximize": False,
+        "differentiable": False,
+        "capturable": False,
+    },
+}
+LOAD_DEFAULTS[AdamW] = LOAD_DEFAULTS[Adam]
+#: What a torch class's ``__setstate__`` sets whatever the state dict says.
+LOAD_FORCED: dict[type[Optimizer], dict[str, Any]] = {AdamW: {"decoupled_weight_decay": True}}
+
+
+def fill_in_as_torch(
+    base: type[Optimizer], groups: list[dict[str, Any]], state: dict[Any, dict[str, Any]]
+) -> None:
+    """What ``base.__setstate__`` (torch's Adam, AdamW or RMSprop) does to a loaded state.
+
+    Older state dicts lack flags added since (``maximize``, ``foreach``, ``capturable``,
+    ``differentiable``, ``fused``, ``decoupled_weight_decay``): each group gets torch's default
+    for them, and AdamW's groups ``decoupled_weight_decay=True``. A Python-number ``step``
+    (older checkpoints) becomes the tensor torch makes of it: float32 (float64 under a float64
+    default dtype, except fused), on the parameter's device when the group is capturable or
+    fused, else on the CPU.
+    """
+    for group in groups:
+        for key, default in LOAD_DEFAULTS[base].items():
+            group.setdefault(key, default)
+        group.update(LOAD_FORCED.get(base, {}))
+        fused = group.get("fused")
+        for p in group["params"]:
+            st = state.get(p)
+            if not st or "step" not in st or torch.is_tensor(st["step"]):
+                continue
+            step = float(st["step"])
+            if group["capturable"] or fused:
+                st["step"] = torch.tensor(
+                    step, dtype=_get_scalar_dtype(is_fused=fused), device=p.device
+                )
+            else:
+                st["step"] = torch.tensor(step, dtype=_get_scalar_dtype())

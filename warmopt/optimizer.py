@@ -29,11 +29,11 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim import Adam, AdamW, Optimizer, RMSprop
-from torch.optim.optimizer import ParamsT, _get_scalar_dtype, _use_grad_for_differentiable
+from torch.optim import Adam, Optimizer
+from torch.optim.optimizer import ParamsT, _use_grad_for_differentiable
 
 from ._advance import GRANULARITIES, advance
-from ._algorithms import ALGORITHMS, Algorithm
+from ._algorithms import ALGORITHMS, Algorithm, fill_in_as_torch
 from ._apply import apply
 from ._collect import PREFIX, Book, collect, fit_warmup_state
 from ._device import device_path_on_cpu, stack_to
@@ -208,7 +208,7 @@ class WarmupOptimizer(Optimizer):
         if name is not None:
             self._base_class = _BASES[name]
         self._algorithm = ALGORITHMS[self._base_class]
-        _fill_in_as_torch(self._base_class, self.param_groups, self.state)
+        fill_in_as_torch(self._base_class, self.param_groups, self.state)
         self._seen_lrs = []  # the loaded lrs are not a rise
         self._lr_rise_warned = self.__dict__.get("_lr_rise_warned", False)
         self._book = Book()
@@ -430,61 +430,6 @@ def _check_params(cls: type[WarmupOptimizer], params: Any) -> None:
 
 #: The torch classes WarmupOptimizer steps, by name (pickles store the name).
 _BASES: dict[str, type[Optimizer]] = {cls.__name__: cls for cls in ALGORITHMS}
-
-#: The flags each torch class's ``__setstate__`` fills in for state dicts saved before the flag
-#: existed, with the default it fills in (AdamW: Adam's, then ``decoupled_weight_decay=True``).
-_LOAD_DEFAULTS: dict[type[Optimizer], dict[str, Any]] = {
-    Adam: {
-        "amsgrad": False,
-        "maximize": False,
-        "foreach": None,
-        "capturable": False,
-        "differentiable": False,
-        "decoupled_weight_decay": False,
-        "fused": None,
-    },
-    RMSprop: {
-        "momentum": 0,
-        "centered": False,
-        "foreach": None,
-        "maximize": False,
-        "differentiable": False,
-        "capturable": False,
-    },
-}
-_LOAD_DEFAULTS[AdamW] = _LOAD_DEFAULTS[Adam]
-
-
-def _fill_in_as_torch(
-    base: type[Optimizer], groups: list[dict[str, Any]], state: dict[Any, dict[str, Any]]
-) -> None:
-    """What ``base.__setstate__`` (torch's Adam, AdamW or RMSprop) does to a loaded state.
-
-    Older state dicts lack flags added since (``maximize``, ``foreach``, ``capturable``,
-    ``differentiable``, ``fused``, ``decoupled_weight_decay``): each group gets torch's default
-    for them, and AdamW's groups ``decoupled_weight_decay=True``. A Python-number ``step``
-    (older checkpoints) becomes the tensor torch makes of it: float32 (float64 under a float64
-    default dtype, except fused), on the parameter's device when the group is capturable or
-    fused, else on the CPU.
-    """
-    for group in groups:
-        for key, default in _LOAD_DEFAULTS[base].items():
-            group.setdefault(key, default)
-        if base is AdamW:
-            group["decoupled_weight_decay"] = True
-        fused = group.get("fused")
-        for p in group["params"]:
-            st = state.get(p)
-            if not st or "step" not in st or torch.is_tensor(st["step"]):
-                continue
-            step = float(st["step"])
-            if group["capturable"] or fused:
-                st["step"] = torch.tensor(
-                    step, dtype=_get_scalar_dtype(is_fused=fused), device=p.device
-                )
-            else:
-                st["step"] = torch.tensor(step, dtype=_get_scalar_dtype())
-
 
 def _check_not_sparse(groups: Iterable[dict[str, Any]]) -> None:
     for group in groups:
