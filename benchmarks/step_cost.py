@@ -5,10 +5,10 @@ RMSprop) and *mode* torch offers for it (``single`` = ``foreach=False``, ``forea
 ``fused=True``; RMSprop has no fused mode), four *variants* step side by side:
 
 * ``torch``   -- ``torch.optim.<Opt>`` with the mode flag, the baseline;
-* ``warming`` -- ``warmopt.<Opt>(warmup=Measured(tol=0.01))``: the ops of the default policy (``tol``
-  is a constant in the formula) with a warm-up of ~1000 steps at beta2 = 0.999 (~110 at RMSprop's
-  alpha = 0.99), so every timed step warms; the largest scale at the end is recorded
-  (``scale_max``) to prove it;
+* ``warming`` -- ``warmopt.<Opt>(warmup=Measured(tol=0.01))``: the ops of the default policy
+  (``tol`` is a constant in the formula) with a warm-up of ~1000 steps at beta2 = 0.999 (~110
+  at RMSprop's alpha = 0.99), so every timed step warms; the largest scale at the end is
+  recorded (``scale_max``) to prove it;
 * ``sampled`` -- as ``warming`` with ``measure_every=4`` (each tensor measured on one step in
   four, staggered);
 * ``warmed``  -- ``warmup=Linear(2)`` stepped 4 times first, so the host knows every scale is 1
@@ -233,7 +233,10 @@ def peak_bytes(step: Callable[[], Any], device: torch.device) -> int | None:
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with harness.quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+    with (
+        harness.quiet_stderr(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p,
+    ):
         step()
     events = p.profiler.kineto_results.experimental_event_tree() if p.profiler else []
     allocs, stack = [], list(events)
@@ -335,10 +338,10 @@ def markdown(result: dict[str, Any]) -> str:
             rows.append([lay, algo.name, mode, ms(t), ms(w), ratio(w), ratio(s), ms(d), ratio(d),
                          f"{t['gbps']:.1f} ({100 * t['fraction_of_probe']:.0f}%)",
                          f"{w['gbps']:.1f}"])  # fmt: skip
-    lines += ["", "## Step time", ""] + harness.table(
+    lines += ["", "## Step time", "", *harness.table(
         ["layout", "optimizer", "mode", "torch ms", "warming ms", "warming x torch",
          "sampled/4 x torch", "warmed ms", "warmed x torch", "GB/s torch", "GB/s warming"], rows,
-    )  # fmt: skip
+    )]  # fmt: skip
     scales = [r["scale_max"] for r in result["timings"] if r["variant"] in ("warming", "sampled")]
     fast = all(r["fast_path"] for r in result["timings"] if r["variant"] == "warmed")
     lines += ["", f"Checks: largest scale of a warming candidate after its last timed step "
@@ -351,7 +354,7 @@ def markdown(result: dict[str, Any]) -> str:
         return " / ".join(str(ops[(a, m, v, n)][key]) for n in counts)
 
     lines += [f"## ATen ops and host syncs per step (at {' / '.join(map(str, counts))} tensors)",
-              ""] + harness.table(
+              "", *harness.table(
         ["optimizer", "mode", "torch ops", "warming ops", "warming kernels", "warmed ops",
          "torch syncs", "warming syncs", "warmed == torch"],
         [[a.name, m, series(a.name, m, "torch", "ops"), series(a.name, m, "warming", "ops"),
@@ -359,7 +362,7 @@ def markdown(result: dict[str, Any]) -> str:
           series(a.name, m, "torch", "syncs"), series(a.name, m, "warming", "syncs"),
           "yes" if all(ops[(a.name, m, "warmed", n)]["same_ops_as_torch"] for n in counts)
           else "NO"] for a in ALGOS.values() for m in a.modes],
-    )  # fmt: skip
+    )]  # fmt: skip
 
     def mb(x: int | None) -> str:
         return "n/a" if x is None else f"{x / 2**20:.1f}"
@@ -375,11 +378,11 @@ def markdown(result: dict[str, Any]) -> str:
           mb(mem[(*k[:3], "warming")]["state_bytes"])]
          for k, r in mem.items() if k[3] == "torch"],
     )  # fmt: skip
-    lines += ["", "## Targets", ""] + harness.table(
+    lines += ["", "## Targets", "", *harness.table(
         ["target", "worst", "at", "met", "missed"],
         [[t["target"], f"{t['worst']:.2f}x" if isinstance(t["worst"], float) else t["worst"],
           t["worst_at"], "yes" if t["met"] else "NO", t["detail"]] for t in result["targets"]],
-    )  # fmt: skip
+    )]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

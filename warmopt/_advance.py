@@ -25,7 +25,9 @@ __all__ = ["GRANULARITIES", "advance", "unit_index"]
 GRANULARITIES = ("tensor", "group", "global")
 
 
-def unit_index(granularity: str, counts: list[int], home: torch.device) -> tuple[Tensor | None, int]:
+def unit_index(
+    granularity: str, counts: list[int], home: torch.device
+) -> tuple[Tensor | None, int]:
     """Unit index of each tensor for group/global granularity (``None`` for per tensor), and the
     number of units; ``counts`` holds each group's number of tensors."""
     if granularity == "tensor":

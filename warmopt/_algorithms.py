@@ -606,7 +606,9 @@ def fill_in_as_torch(
             step = float(st["step"])
             if group["capturable"] or fused:
                 st["step"] = torch.tensor(
-                    step, dtype=_get_scalar_dtype(is_fused=fused), device=p.device
+                    step,
+                    dtype=_get_scalar_dtype(is_fused=fused),  # type: ignore[no-untyped-call]
+                    device=p.device,
                 )
             else:
-                st["step"] = torch.tensor(step, dtype=_get_scalar_dtype())
+                st["step"] = torch.tensor(step, dtype=_get_scalar_dtype())  # type: ignore[no-untyped-call]

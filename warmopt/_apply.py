@@ -125,9 +125,7 @@ def _fused_each_indices(t: Target) -> list[int]:
     ``FUSED_EACH_FEW``, or twice as many as the large ones, would be left over. Not complex
     ones (torch's fused kernel has none)."""
     params = t.batch.params
-    real = [
-        i for i, p in enumerate(params) if not (t.batch.has_complex and torch.is_complex(p))
-    ]
+    real = [i for i, p in enumerate(params) if not (t.batch.has_complex and torch.is_complex(p))]
     least = FUSED_EACH_MIN_HOST if t.host else FUSED_EACH_MIN
     large = [i for i in real if params[i].numel() >= least]
     if t.host and len(params) - len(large) <= max(FUSED_EACH_FEW, 2 * len(large)):

@@ -268,9 +268,9 @@ def _warming(
     if any(isinstance(b, Tensor) for b in betas):  # may change in place: read every step
         beta = _per_tensor(betas, counts, home)
     else:
-        key = (tuple(betas), tuple(counts), home)
-        if book.beta_key != key:
-            book.beta, book.beta_key = _per_tensor(betas, counts, home), key
+        beta_key = (tuple(betas), tuple(counts), home)
+        if book.beta_key != beta_key:
+            book.beta, book.beta_key = _per_tensor(betas, counts, home), beta_key
         beta = book.beta  # type: ignore[assignment]
     current = {k: [st[name] for st in states] for k, name in zip(keys, names)}
     flat = _flat_state(book, states, current, home)

@@ -192,7 +192,7 @@ def measure(
         shards = [g if isinstance(g, dtensor) else None for g in grads]
         grads = [g.to_local() if isinstance(g, dtensor) else g for g in grads]  # type: ignore[attr-defined]
         sqs = [v.to_local() if isinstance(v, dtensor) else v for v in sqs]  # type: ignore[attr-defined]
-        ps = [p.to_local() if isinstance(p, dtensor) else p for p in ps]  # type: ignore[attr-defined]
+        ps = [p.to_local() if isinstance(p, dtensor) else p for p in ps]  # type: ignore[union-attr]
     known = _known(layouts, warming.params, grads, shards, decays, batches, size, home)
 
     plan = known.plans.get(pick and tuple(pick))
@@ -229,7 +229,7 @@ def measure(
                     ts.append(_window(t, start, size))  # type: ignore[arg-type]
             else:
                 for ts, t in zip(pieces, (grads[i], sqs[i], ps[i])):
-                    ts.append(t if t.dim() == 1 else t.reshape(-1))  # type: ignore[union-attr]
+                    ts.append(t if t.dim() == 1 else t.reshape(-1))  # type: ignore[union-attr, arg-type]
         got = _flat_pass(pieces, layout, device, decay, n, home, cap, inv_gs2)
         sums = got if sums is None else {k: sums[k] + got[k] for k in sums}
     if sums is None:

@@ -8,6 +8,7 @@ or write tensor data (one or more kernel launches each on an accelerator).
 from __future__ import annotations
 
 from collections import Counter
+
 from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ["SYNC_OPS", "OpCounter"]
@@ -16,11 +17,11 @@ __all__ = ["SYNC_OPS", "OpCounter"]
 SYNC_OPS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
 
 
-class OpCounter(TorchDispatchMode):
+class OpCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Counts every ATen op dispatched inside the mode (CPU or GPU alike)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.ops: Counter[str] = Counter()
         self.views: Counter[str] = Counter()
 

@@ -257,7 +257,9 @@ def fresh_ratio_sums(
         p = pack_blocks([t.reshape(-1) for t in params], pads)
     b = prev_bias_correction.to(g.dtype)
     cap = (1.0 / (newest_weight.to(g.dtype) * b))[rows].unsqueeze(1)
-    sums = segment_sums(fresh_ratio_row_sums(g, v, cap, inv_grad_scale_sq, p, coupled_decay), rows, n)
+    sums = segment_sums(
+        fresh_ratio_row_sums(g, v, cap, inv_grad_scale_sq, p, coupled_decay), rows, n
+    )
     return sums["sum_r"] * b.float(), sums["sum_r2"] * b.float().square()
 
 

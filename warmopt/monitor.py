@@ -4,9 +4,10 @@
 ``optimizer.state[p]`` (``warmup_scale``, and those the policy lists in ``spec.summary``: for
 :class:`warmopt.Measured` ``warmup_kurtosis`` and ``warmup_drift``) and reduces them, per param
 group and over the whole optimizer, to 0-d float32 tensors on the parameters' device, without a
-host sync: call it every step and hand the tensors to a logger that syncs when it flushes. :func:`log_warmup` writes the same numbers with
-``writer.add_scalar`` (``torch.utils.tensorboard.SummaryWriter`` or anything with that method);
-it reads them on the host, with one device-to-host copy for all the scalars.
+host sync: call it every step and hand the tensors to a logger that syncs when it flushes.
+:func:`log_warmup` writes the same numbers with ``writer.add_scalar``
+(``torch.utils.tensorboard.SummaryWriter`` or anything with that method); it reads them on the
+host, with one device-to-host copy for all the scalars.
 
 The summaries cover only the tensors that have stepped at least once; a group without any has
 NaN entries (0/0), not zeros.

@@ -21,7 +21,6 @@ checkpoint plumbing.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import warnings
 from collections.abc import Iterable
@@ -53,15 +52,19 @@ def _check_granularity(granularity: str) -> str:
     return granularity
 
 
-@functools.cache
 def _torch_defaults(base: type[Optimizer]) -> dict[str, Any]:
     """The constructor arguments of a torch class besides ``params``, with their defaults, read
     from torch's own signature (so warmopt writes each signature once, in its ``__init__``)."""
-    return {
-        name: p.default
-        for name, p in inspect.signature(base.__init__).parameters.items()
-        if name not in ("self", "params")
-    }
+    if base not in _TORCH_DEFAULTS:
+        _TORCH_DEFAULTS[base] = {
+            name: p.default
+            for name, p in inspect.signature(base.__init__).parameters.items()
+            if name not in ("self", "params")
+        }
+    return _TORCH_DEFAULTS[base]
+
+
+_TORCH_DEFAULTS: dict[type[Optimizer], dict[str, Any]] = {}
 
 
 class WarmupOptimizer(Optimizer):
@@ -430,6 +433,7 @@ def _check_params(cls: type[WarmupOptimizer], params: Any) -> None:
 
 #: The torch classes WarmupOptimizer steps, by name (pickles store the name).
 _BASES: dict[str, type[Optimizer]] = {cls.__name__: cls for cls in ALGORITHMS}
+
 
 def _check_not_sparse(groups: Iterable[dict[str, Any]]) -> None:
     for group in groups:

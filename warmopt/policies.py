@@ -24,7 +24,6 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from . import _stats
 from ._stats import Statistics
 
 __all__ = [
