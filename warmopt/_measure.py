@@ -38,6 +38,11 @@ from .policies import MeasurementSpec
 
 __all__ = ["FLAT_MAX_NUMEL", "Layouts", "measure", "staggered"]
 
+#: A pass keeps its work buffers from step to step while they hold at most this fraction of the
+#: elements of the tensors it measures (no parameter-sized buffer is kept: for models of many
+#: tensors measured whole the buffers are made on every step).
+KEEP_FRACTION = 0.25
+
 #: At most this many coordinates (padded) go through one flat pass: bounds its transient buffers
 #: (g, v, the ratio: 3 x 4 bytes each) when every coordinate is measured (``sample=None``).
 FLAT_MAX_NUMEL = 1 << 22
@@ -61,10 +66,10 @@ class _Pass:
     pads: list[Tensor | None]  # zero padding after each tensor's coordinates (shared views)
     rows: Tensor  # int64 [blocks] on the pass's device: the tensor (0..k-1) of every row
     where: Tensor | None  # int64 [k] on home: each tensor's position in the step (None: 0..n-1)
-    #: the pass's buffers for g, v (and p), [blocks, BLOCK] each, kept from step to step:
-    #: fresh multi-MB buffers on every step cost more in page faults than the pass itself on
-    #: the CPU. At most ``sample`` coordinates per tensor (and ``FLAT_MAX_NUMEL`` per pass);
-    #: dropped with the layouts when the warm-up ends.
+    #: the pass's buffers for g, v (and p), [blocks, BLOCK] each, kept from step to step where
+    #: they are small against the parameters they measure (``KEEP_FRACTION``): fresh
+    #: multi-MB buffers on every step cost page faults on the CPU. Dropped with the layouts when
+    #: the warm-up ends. Empty: allocated on every step.
     work: list[Tensor]
 
 
@@ -103,10 +108,11 @@ class Layouts:
 
     def flat_pass(
         self, device: torch.device, home: torch.device, picked: list[int], lengths: list[int],
-        n: int, dtype: torch.dtype, buffers: int,
+        n: int, dtype: torch.dtype, buffers: int, whole: int = 0,
     ) -> _Pass:  # fmt: skip
         """The layout of the pass over tensors ``picked`` (positions in the step, of ``n``)
-        measuring ``lengths`` coordinates each, with ``buffers`` work buffers of ``dtype``."""
+        measuring ``lengths`` coordinates each, with ``buffers`` work buffers of ``dtype``
+        (kept if they hold at most ``KEEP_FRACTION`` of the ``whole`` tensors' elements)."""
         key = (device, home, tuple(picked), n, dtype, buffers)
         if key in self._passes and self._passes[key].lengths != lengths:
             del self._passes[key]  # the same tensors with other lengths (a new set of tensors)
@@ -124,7 +130,9 @@ class Layouts:
         where = None if identity else torch.tensor(picked, dtype=torch.long).to(home)
         rows = rows.to(device)
         shape = (rows.numel(), _stats.BLOCK)
-        work = [torch.empty(shape, dtype=dtype, device=device) for _ in range(buffers)]
+        work = []
+        if buffers * shape[0] * shape[1] <= KEEP_FRACTION * whole:
+            work = [torch.empty(shape, dtype=dtype, device=device) for _ in range(buffers)]
         laid = _Pass(list(lengths), pads, rows, where, work)
         return self._remember(self._passes, key, laid)  # type: ignore[no-any-return]
 
@@ -206,7 +214,10 @@ def measure(
                 layouts.vector(("pick", tuple(pick_)), [float(x) for x in pick_], home)
             for device, decay, dtype, indices in plan_:
                 lengths = [known.slots[i][3] for i in indices]
-                layouts.flat_pass(device, home, indices, lengths, n, dtype, 2 + (decay != 0.0))
+                whole = sum(known.numel[i] for i in indices)
+                layouts.flat_pass(
+                    device, home, indices, lengths, n, dtype, 2 + (decay != 0.0), whole
+                )
         plan = known.plans[pick and tuple(pick)]
 
     host_steps = warming.host_steps
@@ -219,7 +230,10 @@ def measure(
     sums: dict[str, Tensor] | None = None
     for device, decay, dtype, indices in plan:
         lengths = [known.slots[i][3] for i in indices]
-        layout = layouts.flat_pass(device, home, indices, lengths, n, dtype, 2 + (decay != 0.0))
+        whole = sum(known.numel[i] for i in indices)
+        layout = layouts.flat_pass(
+            device, home, indices, lengths, n, dtype, 2 + (decay != 0.0), whole
+        )
         pieces: list[list[Tensor]] = [[], [], []] if decay != 0.0 else [[], []]
         for i in indices:
             if known.window[i]:
@@ -321,9 +335,8 @@ def _flat_pass(
     the pass's tensors (one device, one coupled decay): per-tensor sums in units of ``b``
     (before the factor ``b ** power``), float32 vectors of length ``n`` on ``home`` (zero for
     the tensors not in the pass)."""
-    g, v, *p = (
-        _stats.pack_blocks(ts, layout.pads, out=buffer) for ts, buffer in zip(pieces, layout.work)
-    )
+    work: list[Tensor | None] = [*layout.work] or [None] * len(pieces)
+    g, v, *p = (_stats.pack_blocks(ts, layout.pads, out=buf) for ts, buf in zip(pieces, work))
     dtype = g.dtype
     if layout.where is not None:
         cap = cap[layout.where]
