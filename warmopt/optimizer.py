@@ -292,6 +292,7 @@ class WarmupOptimizer(Optimizer):
             self._check_lr_rise()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        # 1. collect: torch's _init_group, the lazy warm-up state (None once warm-up is over)
         got = collect(self, self._algorithm, policy, self._book, self._cpu_is_host, found_inf)
         scale = step = None
         warming = got.warming
@@ -299,6 +300,7 @@ class WarmupOptimizer(Optimizer):
             spec = policy.spec
             stats = None
             if spec.statistics and warming.params:
+                # 2. measure: the statistics of every tensor, one flat pass per device
                 stats = measure(
                     got.batches,
                     [self._algorithm.coupled_decay(g) for g in self.param_groups],
@@ -312,6 +314,7 @@ class WarmupOptimizer(Optimizer):
                 )
             if warming.params:
                 self._book.calls += 1
+            # 3. advance: the policy once for all tensors; the new numbers into the state
             scale = advance(
                 policy, warming, stats, self.granularity, self._algorithm.bias_corrected,
                 found_inf, self._book,
@@ -319,6 +322,7 @@ class WarmupOptimizer(Optimizer):
             step = warming.step
         elif self._layouts:  # warm-up over: free the statistics' buffers
             self._layouts.clear()
+        # 4. apply: the update at lr * scale (torch's own where scale is None)
         apply(
             self._algorithm, self.param_groups, got.batches, got.modes, scale, step,
             grad_scale, found_inf, self._cpu_is_host,

@@ -17,6 +17,7 @@ The derivations are in ``docs/warmup.md``; each class docstring states its formu
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -107,7 +108,7 @@ class WarmupPolicy:
         measuring after every scale has reached 1)."""
         return False
 
-    @property
+    @functools.cached_property
     def spec(self) -> MeasurementSpec:
         """What this policy needs from the optimizer (see :class:`MeasurementSpec`)."""
         return MeasurementSpec(
@@ -280,7 +281,7 @@ class Measured(WarmupPolicy):
     def can_fall(self) -> bool:
         return self.rewarm
 
-    @property
+    @functools.cached_property
     def spec(self) -> MeasurementSpec:
         # A unit is as sure as its least sure tensor, as kurtotic as its tensors on average and
         # as drifting as its most drifting one.
@@ -391,7 +392,15 @@ class RAdamRectification(WarmupPolicy):
 
     name: ClassVar[str] = "radam"
 
-    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+    def update(
+        self,
+        state: dict[str, Tensor],
+        step: Tensor,
+        beta: Tensor,
+        stats: Statistics | None,
+        *,
+        bias_corrected: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         rho_inf, rho_t = _rho(step, beta)
         rect = torch.sqrt(
             ((rho_t - 4) * (rho_t - 2) * rho_inf) / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
@@ -410,7 +419,15 @@ class UntunedLinear(WarmupPolicy):
 
     name: ClassVar[str] = "untuned_linear"
 
-    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+    def update(
+        self,
+        state: dict[str, Tensor],
+        step: Tensor,
+        beta: Tensor,
+        stats: Statistics | None,
+        *,
+        bias_corrected: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         step, beta = step.double(), beta.double()
         return torch.clamp(step * (1 - beta) / 2, max=1.0).float(), {}
 
@@ -428,7 +445,15 @@ class UntunedExponential(WarmupPolicy):
 
     name: ClassVar[str] = "untuned_exponential"
 
-    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+    def update(
+        self,
+        state: dict[str, Tensor],
+        step: Tensor,
+        beta: Tensor,
+        stats: Statistics | None,
+        *,
+        bias_corrected: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         step, beta = step.double(), beta.double()
         return (-torch.expm1(-(1 - beta) * step)).float(), {}
 
@@ -450,7 +475,15 @@ class Linear(WarmupPolicy):
         if self.warmup_steps < 1:
             raise ValueError(f"Invalid warmup_steps value: {self.warmup_steps} (must be >= 1)")
 
-    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+    def update(
+        self,
+        state: dict[str, Tensor],
+        step: Tensor,
+        beta: Tensor,
+        stats: Statistics | None,
+        *,
+        bias_corrected: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         return torch.clamp(step / float(self.warmup_steps), max=1.0).float(), {}
 
 
@@ -464,7 +497,15 @@ class Constant(WarmupPolicy):
 
     name: ClassVar[str] = "constant"
 
-    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+    def update(
+        self,
+        state: dict[str, Tensor],
+        step: Tensor,
+        beta: Tensor,
+        stats: Statistics | None,
+        *,
+        bias_corrected: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         return torch.ones_like(step), {}
 
 
