@@ -120,3 +120,60 @@ def test_cpu_path_statistics_are_one_flat_pass_for_any_layout(
         assert measured.syncs == 0
         stats[name] = measured.kernels
     assert all(k == stats["10 tensors, 1 shape"] for k in stats.values()), stats
+
+
+def test_accelerator_path_windows_follow_the_step_counts_through_resets_and_reloads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the accelerator path the host counts the steps itself to place the windows: the same
+    statistics as the CPU path (which reads the step counts) when tensors pause (no gradient),
+    when the state is cleared and made again, and after a state dict is loaded."""
+    policy = warmopt.Measured(sample=16, prior_kurtosis=4.0)
+    runs = []
+    for device_path in ("0", "1"):
+        monkeypatch.setenv(DEVICE_PATH_ON_CPU, device_path)
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.zeros(s)) for s in [(40,), (7, 9), (5,)]]
+        opt = warmopt.Adam(params, lr=1e-3, fused=True, warmup=policy)
+        kurt = []
+        for t in range(14):
+            for i, p in enumerate(params):
+                p.grad = None if (t + i) % 4 == 0 else torch.randn(p.shape, generator=gen) * (1 + t)
+            if t == 6:
+                opt.state.clear()
+            if t == 10:
+                saved = opt.state_dict()
+                opt = warmopt.Adam(params, lr=1e-3, fused=True, warmup=policy)
+                opt.load_state_dict(saved)
+            opt.step()
+            kurt.append([float(opt.state[p]["warmup_kurtosis"]) for p in params if p in opt.state])
+        runs.append(kurt)
+    assert runs[0] == runs[1]
+
+
+def test_accelerator_path_windows_stay_right_after_a_skipped_gradscaler_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GradScaler step with inf gradients (``found_inf``) is skipped on the device, which the
+    host cannot see at once: its count of the steps is corrected from a non-blocking copy of the
+    device's, so the windows (and statistics) stay those of the CPU path."""
+    policy = warmopt.Measured(sample=16, prior_kurtosis=4.0)
+    runs = []
+    for device_path in ("0", "1"):
+        monkeypatch.setenv(DEVICE_PATH_ON_CPU, device_path)
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.zeros(s)) for s in [(40,), (7, 9)]]
+        opt = warmopt.Adam(params, lr=1e-3, fused=True, warmup=policy)
+        kurt = []
+        for t in range(12):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen) * (1 + t)
+            # what GradScaler sets around step() on the fused path
+            opt.grad_scale = torch.ones(())  # type: ignore[attr-defined]
+            opt.found_inf = torch.tensor(1.0 if t in (3, 4, 8) else 0.0)  # type: ignore[attr-defined]
+            opt.step()
+            del opt.grad_scale, opt.found_inf  # type: ignore[attr-defined]
+            kurt.append([float(opt.state[p]["warmup_kurtosis"]) for p in params])
+        runs.append(kurt)
+    assert runs[0] == runs[1]
+    assert [float(opt.state[p]["step"]) for p in params] == [9.0, 9.0]

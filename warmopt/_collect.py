@@ -203,7 +203,10 @@ def _host_steps(
         for i, p in enumerate(params)
         if _real_numel(p) > sample and not (dtensor is not None and isinstance(p, dtensor))
     ]
-    unknown = [i for i in need if params[i] not in book.steps and id(params[i]) not in fresh]
+    for i in need:
+        if id(params[i]) in fresh:  # state created in this step (again, after a reset): 0
+            book.steps[params[i]] = 0
+    unknown = [i for i in need if params[i] not in book.steps]
     if unknown:
         for i, t in zip(unknown, torch.stack([steps[i] for i in unknown]).tolist()):
             book.steps[params[i]] = int(t)
