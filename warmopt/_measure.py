@@ -36,15 +36,16 @@ from ._device import dtensor_type
 from ._stats import Statistics
 from .policies import MeasurementSpec
 
-__all__ = ["FLAT_MAX_NUMEL", "Layouts", "measure", "staggered"]
+__all__ = ["FLAT_MAX_NUMEL", "KEEP_FRACTION", "Layouts", "measure", "staggered"]
 
 #: A pass keeps its work buffers from step to step while they hold at most this fraction of the
 #: elements of the tensors it measures (no parameter-sized buffer is kept: for models of many
 #: tensors measured whole the buffers are made on every step).
 KEEP_FRACTION = 0.25
 
-#: At most this many coordinates (padded) go through one flat pass: bounds its transient buffers
-#: (g, v, the ratio: 3 x 4 bytes each) when every coordinate is measured (``sample=None``).
+#: At most this many coordinates (padded) go through one flat pass: bounds its buffers (g and v,
+#: 4 bytes each per coordinate; p too with coupled decay) when every coordinate is measured
+#: (``sample=None``).
 FLAT_MAX_NUMEL = 1 << 22
 
 
@@ -77,6 +78,13 @@ class Layouts:
     """Layouts of the flat passes, cached by the tensors' positions and segment lengths (the set
     of tensors with a gradient rarely changes; ``measure_every`` cycles through ``k`` sets)."""
 
+    def __init__(self, size: int = 64) -> None:
+        self._passes: OrderedDict[Any, _Pass] = OrderedDict()
+        self.tensors: dict[Any, _Tensors] = {}
+        self._vectors: OrderedDict[Any, Tensor] = OrderedDict()
+        self._zeros: dict[torch.device, Tensor] = {}
+        self._size = size
+
     def clear(self) -> None:
         """Drop every layout and its buffers (the warm-up is over)."""
         self._passes.clear()
@@ -85,13 +93,6 @@ class Layouts:
 
     def __bool__(self) -> bool:
         return bool(self._passes or self._vectors)
-
-    def __init__(self, size: int = 64) -> None:
-        self._passes: OrderedDict[Any, _Pass] = OrderedDict()
-        self.tensors: dict[Any, _Tensors] = {}
-        self._vectors: OrderedDict[Any, Tensor] = OrderedDict()
-        self._zeros: dict[torch.device, Tensor] = {}
-        self._size = size
 
     def _remember(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> Any:
         table[key] = value

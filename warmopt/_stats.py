@@ -5,8 +5,10 @@ Notation (one coordinate; see ``docs/warmup.md`` for the derivations): ``x_t = g
 and the bias-corrected estimate ``v̂_t = v_t / (1 - beta^t)``, a weighted mean of ``x_1 .. x_t`` with
 weights ``w_i = (1 - beta) beta^(t-i) / (1 - beta^t)`` that sum to one.
 
-Everything here works on 1-D float tensors holding one value per parameter tensor (or per group),
-so one call serves any number of parameters with a constant number of ATen ops.
+The closed forms work on 1-D float tensors holding one value per parameter tensor (or per group);
+the fresh-ratio pass works on flat ``[rows, BLOCK]`` buffers holding the measured coordinates of
+many tensors at once (``pack_blocks``) and ends in one segment sum per tensor. Either way one call
+serves any number of tensors with a constant number of ATen ops.
 """
 
 from __future__ import annotations
