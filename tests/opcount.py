@@ -1,4 +1,5 @@
-"""Counting the ATen ops a step dispatches (the counter is the benchmarks' own)."""
+"""Counting the ATen ops a step dispatches (the counter lives in the package's private helpers,
+shared with the benchmarks)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import SYNC_OPS, OpCounter
+from warmopt._opcount import SYNC_OPS, OpCounter
 
 __all__ = ["SYNC_OPS", "OpCounter", "make", "step_ops"]
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench
+
 
 @pytest.mark.parametrize("task", ["mse", "ce"])
 def test_demo_runs_tiny(tmp_path: Path, task: str) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import warmopt
+from warmopt._device import DEVICE_PATH_ON_CPU
 from warmopt._reference import ReferenceOptimizer
 
 from .cases import CASE_MODES, MODES, Case, feed, twins
@@ -46,7 +47,7 @@ def test_device_scalar_foreach_step_matches_reference(
     """The paths meant for accelerators (step size as 0-d device divisors, sampled windows
     gathered on the device; nothing read on the host), run on the CPU; RAdam's scale 0 in its
     first steps must step by exactly 0."""
-    monkeypatch.setattr(warmopt._step, "HOST_SCALARS_ON_CPU", False)
+    monkeypatch.setenv(DEVICE_PATH_ON_CPU, "1")
     _run_against_reference(case, "foreach", policy)
 
 
@@ -54,7 +55,7 @@ def test_device_scalar_path_steps_by_exactly_zero_at_scale_zero(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """sigma = 0 with v = 0 would be 0/0 in the folded denominator: it must give p unchanged."""
-    monkeypatch.setattr(warmopt._step, "HOST_SCALARS_ON_CPU", False)
+    monkeypatch.setenv(DEVICE_PATH_ON_CPU, "1")
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.0, 3.0]))
     opt = warmopt.Adam([p], lr=1.0, foreach=True, warmup=warmopt.RAdamRectification())
     for _ in range(5):  # RAdam's rectification is 0 for the first 5 steps at beta2 = 0.999

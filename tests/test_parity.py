@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import warmopt
+from warmopt._device import DEVICE_PATH_ON_CPU
 
 from .cases import CASE_MODES, MODES, Case, feed, twins
 
@@ -149,10 +150,10 @@ def test_warming_single_tensor_step_is_torch_at_lr_times_scale_bit_for_bit(case:
 def test_warming_fused_adam_per_tensor_is_torch_at_lr_times_scale_bit_for_bit(
     case: Case, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Fused mode steps each tensor of at least FUSED_PER_TENSOR_MIN elements by its own fused
-    call at lr * s (no copy, no lerp): torch's fused step at that lr, bit for bit. The threshold
-    is lowered so that every tensor here takes that path."""
-    monkeypatch.setattr(warmopt._step, "FUSED_PER_TENSOR_MIN", 1)
+    """Fused mode steps each large tensor by its own fused call at lr * s (no copy, no lerp), and
+    on the CPU a group's few small tensors too (every tensor here): torch's fused step at that lr,
+    bit for bit."""
+    monkeypatch.setenv(DEVICE_PATH_ON_CPU, "0")
     _same_as_torch_at_scaled_lr(case, fused=True)
 
 
@@ -163,7 +164,7 @@ def test_bfloat16_warming_foreach_step_against_torch(
     """bfloat16: the CPU path is torch's step at lr * s bit for bit; the accelerator path
     (forced here on the CPU) rounds its folded denominator once more, so a few elements differ
     from torch by about one bfloat16 rounding, no more."""
-    monkeypatch.setattr(warmopt._step, "HOST_SCALARS_ON_CPU", host)
+    monkeypatch.setenv(DEVICE_PATH_ON_CPU, "0" if host else "1")
     ours, theirs = twins([(64, 64)] * 3, dtype=torch.bfloat16)
     opt = warmopt.Adam(ours, lr=1e-2, foreach=True, warmup=warmopt.Linear(4))
     ref = torch.optim.Adam(theirs, lr=1e-2, foreach=True)
@@ -198,8 +199,9 @@ def test_cuda_warming_step_is_torch_at_lr_times_scale_without_a_sync(
     while warming."""
     from .opcount import OpCounter
 
-    monkeypatch.setattr(warmopt._step, "FUSED_PER_TENSOR_MIN", 1)
-    ours, theirs = ([torch.nn.Parameter(p.detach().cuda()) for p in ps] for ps in twins(SHAPES))
+    # a (256, 256) tensor takes its own fused call at a 0-d device lr, the small ones the lerp
+    shapes = [*SHAPES, (256, 256)]
+    ours, theirs = ([torch.nn.Parameter(p.detach().cuda()) for p in ps] for ps in twins(shapes))
     opt = warmopt.Adam(ours, lr=1e-2, warmup=warmopt.Linear(4), **MODES[mode])
     ref = torch.optim.Adam(theirs, lr=1e-2, **MODES[mode])
     for t in range(1, 9):

@@ -77,30 +77,29 @@ def test_fresh_ratio_sums_match_a_plain_loop_and_are_scale_free(
 
 @pytest.mark.parametrize("decay", [0.0, 0.1], ids=["plain", "coupled-decay"])
 @pytest.mark.parametrize("scaled", [False, True], ids=["unscaled", "grad-scale"])
-def test_stacked_sums_equal_the_foreach_sums(decay: float, scaled: bool) -> None:
-    """``stacked=True`` (same-shaped tensors stacked, a row sum per tensor: the CPU path for
-    small tensors) gives the foreach path's sums up to float rounding, with coupled decay, a
-    GradScaler scale and never-seen coordinates (v = 0) included; the optimizer takes it for
-    same-shaped tensors of at most STACK_MAX_NUMEL elements on the CPU only."""
+def test_flat_pass_sums_equal_a_float64_loop_for_any_shapes(decay: float, scaled: bool) -> None:
+    """One flat pass (every tensor's coordinates in one zero-padded [rows, BLOCK] buffer, one row
+    sum, one segment sum over rows) gives each tensor's own sums, whatever its shape: 0-d,
+    empty, below, at and above one row, several rows; with coupled decay, a GradScaler scale and
+    never-seen coordinates (v = 0) included."""
     gen = torch.Generator().manual_seed(0)
-    g = [torch.randn(3, 5, generator=gen) for _ in range(4)]
-    v = [torch.rand(3, 5, generator=gen) * (torch.rand(3, 5, generator=gen) > 0.3) for _ in g]
-    p = [torch.randn(3, 5, generator=gen) for _ in g]
-    step = torch.tensor([2.0, 5.0, 9.0, 30.0])
+    block = _stats.BLOCK
+    shapes = [(), (0, 3), (5,), (block,), (block + 1,), (17, 40), (3, block)]
+    g = [torch.randn(s, generator=gen) for s in shapes]
+    v = [torch.rand(s, generator=gen) * (torch.rand(s, generator=gen) > 0.3) for s in shapes]
+    p = [torch.randn(s, generator=gen) for s in shapes]
+    step = torch.tensor([2.0, 5.0, 9.0, 30.0, 3.0, 7.0, 11.0])
     prev_bc = 1 - 0.99 ** (step - 1)
     w = _stats.newest_weight(step, 0.99)
     inv = torch.tensor(0.25) if scaled else None
-    kw = {"params": p, "coupled_decay": decay}
-    a1, a2 = _stats.fresh_ratio_sums(g, v, prev_bc, w, inv, **kw)  # type: ignore[arg-type]
-    b1, b2 = _stats.fresh_ratio_sums(g, v, prev_bc, w, inv, stacked=True, **kw)  # type: ignore[arg-type]
-    torch.testing.assert_close(b1, a1, rtol=1e-6, atol=0)
-    torch.testing.assert_close(b2, a2, rtol=1e-6, atol=0)
-
-    from warmopt.optimizer import _stat_calls
-
-    big = torch.zeros(_stats.STACK_MAX_NUMEL + 1)
-    ts = [torch.zeros(4), torch.zeros(2, 2), torch.zeros(4), big, big.clone(), torch.zeros(9)]
-    assert _stat_calls(ts) == [([0, 2], True), ([1, 3, 4, 5], False)]
+    s1, s2 = _stats.fresh_ratio_sums(g, v, prev_bc, w, inv, params=p, coupled_decay=decay)
+    for i in range(len(shapes)):
+        x = g[i].double().flatten() * (0.5 if scaled else 1.0) + decay * p[i].double().flatten()
+        x = x * x
+        vhat = v[i].double().flatten() / float(prev_bc[i])
+        r = x / torch.maximum(vhat, float(w[i]) * x).clamp_min(1e-30)
+        assert math.isclose(float(s1[i]), float(r.sum()), rel_tol=1e-5, abs_tol=1e-6), i
+        assert math.isclose(float(s2[i]), float((r * r).sum()), rel_tol=1e-5, abs_tol=1e-6), i
 
 
 # ---------------------------------------------------------------- every policy, pure
@@ -367,13 +366,13 @@ def test_measure_every_staggers_the_tensors(monkeypatch: pytest.MonkeyPatch) -> 
     from .opcount import OpCounter
 
     measured: list[int] = []
-    inner = warmopt._stats.fresh_ratio_sums
+    inner = warmopt._stats.segment_sums
 
-    def spy(grads: list[torch.Tensor], *args: object, **kwargs: object) -> object:
-        measured.append(len(grads))
-        return inner(grads, *args, **kwargs)  # type: ignore[arg-type]
+    def spy(row_sums: dict[str, torch.Tensor], rows: torch.Tensor, n: int) -> object:
+        measured.append(n)  # the tensors of one flat pass
+        return inner(row_sums, rows, n)
 
-    monkeypatch.setattr(warmopt._stats, "fresh_ratio_sums", spy)
+    monkeypatch.setattr(warmopt._stats, "segment_sums", spy)
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.zeros(64)) for _ in range(6)]
     opt = warmopt.Adam(params, lr=1e-6, foreach=True, warmup=warmopt.Measured(measure_every=3))

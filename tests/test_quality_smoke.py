@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench
+
 
 def test_quality_runs_tiny(tmp_path: Path) -> None:
     pytest.importorskip(

@@ -12,6 +12,7 @@ import torch
 from torch.optim import lr_scheduler as lrs
 
 import warmopt
+from warmopt._device import DEVICE_PATH_ON_CPU
 
 from .cases import feed, twins
 
@@ -337,9 +338,10 @@ def test_grad_scaler_skips_the_step_on_inf_non_fused_path(
     _assert_snapshots_equal(_snapshot(model, opt), _snapshot(clean_model, clean_opt))
 
 
-#: warmopt's fused warming step: every tensor through the shared call + lerp (default threshold,
-#: these tensors are small), or every tensor by its own fused call at lr * s (threshold 1).
-FUSED_PATHS = pytest.mark.parametrize("fused_min", [1 << 16, 1], ids=["lerp", "per-tensor"])
+#: warmopt's fused warming step: every tensor through the shared call + lerp (the accelerator
+#: path, WARMOPT_DEVICE_PATH_ON_CPU=1: these tensors are small), or every tensor by its own fused
+#: call at lr * s (the CPU path: a group with a few tensors gives each its own call).
+FUSED_PATHS = pytest.mark.parametrize("fused_min", ["1", "0"], ids=["lerp", "per-tensor"])
 
 
 @FUSED_PATHS
@@ -348,13 +350,13 @@ FUSED_PATHS = pytest.mark.parametrize("fused_min", [1 << 16, 1], ids=["lerp", "p
 def test_grad_scaler_fused_path_inf_step_changes_nothing(
     make_opt: Callable[[Any], torch.optim.Optimizer],
     bad_step: int,
-    fused_min: int,
+    fused_min: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Fused path: the scaler sets grad_scale/found_inf and always calls step(). The inf step
     leaves params, moments, step and every warmup_* entry as they were (on step 0 the state is
     created at its initial values), and the run then equals one that never saw the bad batch."""
-    monkeypatch.setattr(warmopt._step, "FUSED_PER_TENSOR_MIN", fused_min)
+    monkeypatch.setenv(DEVICE_PATH_ON_CPU, fused_min)
     steps = list(range(6))
     model, opt, pairs = _scaled_run(make_opt, steps, {bad_step})
     (pair,) = pairs
@@ -382,13 +384,13 @@ def test_grad_scaler_fused_path_inf_step_changes_nothing(
 def test_loss_scale_does_not_change_the_warmup_statistics(
     make_opt: Callable[[Any], torch.optim.Optimizer],
     clip: bool,
-    fused_min: int,
+    fused_min: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """On the fused path step() sees gradients still multiplied by the loss scale (or, after
     scaler.unscale_ for clipping, unscaled with grad_scale=None); the warm-up divides by
     grad_scale, so scales and kurtosis match a run without any scaler."""
-    monkeypatch.setattr(warmopt._step, "FUSED_PER_TENSOR_MIN", fused_min)
+    monkeypatch.setenv(DEVICE_PATH_ON_CPU, fused_min)
     steps = list(range(8))
     model, opt, _ = _scaled_run(make_opt, steps, set(), clip=clip)
     plain_model, plain_opt, _ = _scaled_run(make_opt, steps, set(), scaler=False, clip=clip)

@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks import step_cost
 
+pytestmark = pytest.mark.bench
+
 META_KEYS = {
     "torch", "python", "machine", "platform", "commit", "threads", "device", "quick", "preset",
-    "reps", "warmup_iters", "op_tensor_counts", "bytes_per_param", "traffic_model", "probe",
-    "memory_method", "warming_policy", "warmed_policy", "elapsed_s",
+    "reps", "discard", "op_counts", "policies", "sync_ops", "elapsed_s",
 }  # fmt: skip
 TIMING_KEYS = {
     "layout", "optimizer", "mode", "variant", "n", "median_ms", "q1_ms", "q3_ms", "min_ms",
@@ -21,8 +23,8 @@ TIMING_KEYS = {
     "fraction_of_probe", "scale_max", "fast_path",
 }  # fmt: skip
 OPS_KEYS = {
-    "optimizer", "mode", "variant", "tensors", "ops", "syncs", "extra_ops", "extra_syncs",
-    "same_ops_as_torch",
+    "optimizer", "mode", "variant", "tensors", "ops", "kernels", "syncs", "extra_ops",
+    "extra_syncs", "same_ops_as_torch",
 }  # fmt: skip
 MEMORY_KEYS = {"layout", "optimizer", "mode", "variant", "peak_extra_bytes", "state_bytes"}
 
@@ -37,28 +39,26 @@ def test_tiny_run_writes_complete_results(tmp_path: Path) -> None:
 
     written = json.loads((tmp_path / "step_cost.json").read_text())
     assert written["meta"]["commit"] == result["meta"]["commit"]
-    assert {"meta", "layouts", "probe", "timings", "ops", "memory", "hotspots", "targets"} <= set(
-        written
-    )
+    assert {"meta", "layouts", "timings", "ops", "memory", "targets"} <= set(written)
     meta = written["meta"]
     assert META_KEYS <= set(meta)
     assert meta["preset"] == "tiny" and meta["quick"] is False and meta["threads"] == 1
-    assert set(written["layouts"]) == {"large", "small", "transformer"}
-    assert set(written["probe"]) == set(written["layouts"])
+    assert set(written["layouts"]) == {"large", "small", "transformer", "cnn"}
+    assert all(v["probe_gbps"] > 0 for v in written["layouts"].values())
 
     timings = written["timings"]
     for row in timings:
         assert TIMING_KEYS <= set(row)
         assert row["median_ms"] > 0 and row["n"] == meta["reps"]
     # every layout x optimizer x mode x variant once: Adam/AdamW 3 modes, RMSprop 2
-    assert len(timings) == 3 * (3 + 3 + 2) * 4  # layouts x (optimizer, mode) x variants
+    assert len(timings) == 4 * (3 + 3 + 2) * 4  # layouts x (optimizer, mode) x variants
     torch_rows = [r for r in timings if r["variant"] == "torch"]
     assert all(r["ratio_vs_torch"] == 1.0 for r in torch_rows)
     assert all(r["scale_max"] < 1 for r in timings if r["variant"] in ("warming", "sampled"))
     assert all(r["fast_path"] for r in timings if r["variant"] == "warmed")
 
     ops = written["ops"]
-    assert len(ops) == (3 + 3 + 2) * 4 * len(meta["op_tensor_counts"])
+    assert len(ops) == (3 + 3 + 2) * 4 * len(meta["op_counts"])
     for row in ops:
         assert OPS_KEYS <= set(row)
         if row["variant"] == "warmed":
@@ -67,7 +67,9 @@ def test_tiny_run_writes_complete_results(tmp_path: Path) -> None:
     assert written["memory"] and all(MEMORY_KEYS <= set(r) for r in written["memory"])
     assert {t["target"] for t in written["targets"]} >= {
         "fused warming <= 1.30x torch fused",
+        "foreach warming <= 1.10x torch foreach",
+        "after warm-up <= 1.05x torch",
         "0 host syncs added",
     }
     md = (tmp_path / "step_cost.md").read_text()
-    assert "## Step time" in md and "## Issue targets" in md
+    assert "## Step time" in md and "## Targets" in md

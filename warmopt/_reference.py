@@ -2,10 +2,11 @@
 
 Everything is done one parameter at a time with Python floats for the policy arithmetic
 (``math``, float64), the fresh ratio element by element in float64, and torch's *single-tensor*
-update called with ``lr * scale`` directly (no snapshot, no lerp). It shares no code with
-``optimizer.py``/``_step.py``/``_stats.py``/``Measured.update`` beyond torch itself and the
-policy's settings, so agreement checks the vectorised statistics, the policy arithmetic, the
-per-tensor bookkeeping and the lerp identity at once. Only per-tensor granularity.
+update called with ``lr * scale`` directly (no snapshot, no lerp). It shares no code with the
+optimizer's stages (``_collect``/``_measure``/``_advance``/``_apply``), ``_stats.py`` or
+``Measured.update`` beyond torch itself and the policy's settings, so agreement checks the
+vectorised statistics, the policy arithmetic, the per-tensor bookkeeping and the lerp identity at
+once. Only per-tensor granularity.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class ReferenceOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         h = self.hyper
-        every = getattr(self.policy, "measure_every", 1)
+        every = self.policy.spec.every
         calls = self.calls
         self.calls += 1
         for i, p in enumerate(self.params):
@@ -133,7 +134,7 @@ class ReferenceOptimizer:
                 h.get("betas", (0.9, 0.999))[1] if self.base == "adam" else h.get("alpha", 0.99)
             )
             t = float(st["step"]) + 1
-            size = getattr(self.policy, "sample", None)
+            size = self.policy.spec.sample
             n_real = p.numel() * (2 if p.is_complex() else 1)
             if size is not None and n_real > size:
                 st["count"] = size

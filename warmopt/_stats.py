@@ -5,35 +5,56 @@ Notation (one coordinate; see ``docs/warmup.md`` for the derivations): ``x_t = g
 and the bias-corrected estimate ``v̂_t = v_t / (1 - beta^t)``, a weighted mean of ``x_1 .. x_t`` with
 weights ``w_i = (1 - beta) beta^(t-i) / (1 - beta^t)`` that sum to one.
 
-Everything here works on 1-D float tensors holding one value per parameter tensor (or per group),
-so one call serves any number of parameters with a constant number of ATen ops.
+The closed forms work on 1-D float tensors holding one value per parameter tensor (or per group);
+the fresh-ratio pass works on flat ``[rows, BLOCK]`` buffers holding the measured coordinates of
+many tensors at once (``pack_blocks``) and ends in one segment sum per tensor. Either way one call
+serves any number of tensors with a constant number of ATen ops.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "Statistics",
     "effective_sample_size",
     "asymptotic_sample_size",
     "newest_weight",
     "fresh_ratio_sums",
     "window_starts",
+    "window_start",
     "take_window",
+    "BLOCK",
+    "pack_blocks",
+    "fresh_ratio_row_sums",
+    "segment_sums",
 ]
-
-#: Tensors (or windows) of at most this many elements that share a shape are measured stacked on
-#: the CPU (``fresh_ratio_sums(stacked=True)``): for biases and norms, copying them costs less
-#: than the per-tensor kernel dispatch of six foreach passes it saves. Not for windows of 4096:
-#: 200 of them stacked are fresh multi-MB buffers every step, slower than the foreach passes (an
-#: ad-hoc A/B of 0, 1024 and 4096 on the layouts of ``benchmarks.step_cost``, warming fused Adam
-#: on 400 small tensors: 20.3 / 18.6 / 23.3 ms; on the Transformer 10.8 / 10.1 / 9.9 ms).
-STACK_MAX_NUMEL = 1024
 
 # Denominator floor for g^2 / v̂: keeps 0/0 (a coordinate that has never seen a gradient and
 # gets none now) at 0 instead of NaN. Far below any squared gradient worth measuring.
 _TINY = 1e-30
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """What the optimizer measured this step, per unit (1-D float32, same device).
+
+    Attributes:
+        sum_r: sum over coordinates of the fresh ratio ``g_t^2 / v̂_{t-1}`` (capped, see
+            :func:`fresh_ratio_sums`).
+        sum_r2: sum over coordinates of its square.
+        count: number of real coordinates summed (``numel``; twice that for complex tensors).
+        valid: 1.0 where the measurement counts (``step >= 2``: at ``step = 1`` there is no
+            ``v̂_{t-1}`` to compare with; also 0 on a GradScaler step with inf/NaN gradients).
+    """
+
+    sum_r: Tensor
+    sum_r2: Tensor
+    count: Tensor
+    valid: Tensor
 
 
 def _floating(step: Tensor) -> Tensor:
@@ -77,7 +98,8 @@ def window_starts(step: Tensor, numel: Tensor, size: int, every: int = 1) -> Ten
     ``W = ceil(numel / size)``, tile each tensor; the last one is moved back to end at ``numel`` so
     every window is full. Consecutive measurements (``every`` steps apart) take consecutive windows
     and a sweep covers the tensor. Keyed on the tensor's own step count, so a resumed run measures
-    the same windows; computed on the device (no host read). Returns int64, one entry per tensor.
+    the same windows. Returns int64, one entry per tensor (:func:`window_start` is the same
+    formula for one tensor, on the host).
     """
     n = numel.to(step.dtype)
     sweep = torch.ceil(n / size)
@@ -85,10 +107,96 @@ def window_starts(step: Tensor, numel: Tensor, size: int, every: int = 1) -> Ten
     return torch.minimum(j * size, n - size).long()
 
 
+def window_start(step: int, numel: int, size: int, every: int = 1) -> int:
+    """:func:`window_starts` for one tensor, in Python integers (``numel > size``)."""
+    sweep = -(-numel // size)
+    return min((step // every) % sweep * size, numel - size)
+
+
 def take_window(t: Tensor, index: Tensor) -> Tensor:
     """The coordinates ``index`` (``arange(size) + start`` on ``t``'s device) of flattened ``t``:
     a gather of ``size`` elements, no pass over ``t``."""
     return t.reshape(-1).index_select(0, index)
+
+
+#: Coordinates per row of the flat buffers the statistics run on: every tensor's coordinates fill
+#: whole rows (the last one zero-padded), so a row sum is a per-tensor partial sum and one
+#: segment reduction over rows (not coordinates) gives the per-tensor sums.
+BLOCK = 256
+
+
+def pack_blocks(
+    pieces: list[Tensor], pads: list[Tensor | None], out: Tensor | None = None
+) -> Tensor:
+    """The 1-D ``pieces``, each followed by its zero ``pad`` (to a multiple of ``BLOCK``), as one
+    ``[rows, BLOCK]`` matrix: one copy of the pieces (``torch.cat``), in float32 (float64 if a
+    piece is; narrower dtypes are widened, the statistics need the range), into ``out`` if
+    given (a ``[rows, BLOCK]`` buffer of that dtype)."""
+    parts: list[Tensor] = []
+    for piece, pad in zip(pieces, pads):
+        parts.append(piece)
+        if pad is not None:
+            parts.append(pad)
+    if out is not None:
+        torch.cat(parts, out=out.view(-1))
+        return out
+    flat = torch.cat(parts)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    return flat.view(-1, BLOCK)
+
+
+def fresh_ratio_row_sums(
+    g: Tensor,
+    v: Tensor,
+    cap: Tensor,
+    inv_grad_scale_sq: Tensor | None = None,
+    p: Tensor | None = None,
+    coupled_decay: float = 0.0,
+) -> dict[str, Tensor]:
+    r"""Row sums of the fresh ratio in units of :math:`b = 1-\beta^{t-1}`, and of its square.
+
+    ``g``, ``v`` (and ``p``) are ``[rows, BLOCK]`` matrices (:func:`pack_blocks`) of gradients,
+    second moments :math:`v_{t-1}` (before this step's update) and parameters; ``cap`` holds
+    :math:`1/(w_t b)` per row (``[rows, 1]``). Per coordinate
+
+    .. math::
+        q = \min\Bigl(\frac{x}{\max(v_{t-1},\ \mathrm{tiny})},\ \frac{1}{w_t\,b}\Bigr),
+        \qquad r = b\,q,
+
+    with :math:`x = g^2` (times ``inv_grad_scale_sq`` for gradients still carrying a
+    GradScaler's scale; :math:`x = (g + c\,p)^2` with ``coupled_decay`` :math:`c`, as torch
+    squares the L2-decayed gradient). Zero padding gives :math:`q = 0`.
+
+    ``g`` and ``v`` are scratch (packed copies): the ratio is computed in place, in ``g``, so a
+    step allocates no buffer of their size. The sums are named as the fields of
+    :class:`Statistics` they become (after the per-tensor sum and the factor :math:`b` or
+    :math:`b^2`, ``SUM_POWERS``): a new per-tensor sum over the same coordinates is one more
+    entry here (computed before the ratio overwrites ``g`` and ``v``), one more field there.
+    """
+    sums: dict[str, Tensor] = {}
+    tiny = max(_TINY, torch.finfo(g.dtype).tiny)
+    x = g
+    if coupled_decay != 0.0 and p is not None:
+        if inv_grad_scale_sq is not None:
+            x.mul_(inv_grad_scale_sq.reshape(()).sqrt().to(g.dtype))
+        x.add_(p, alpha=coupled_decay)
+        x.mul_(x)
+    else:
+        x.mul_(x)
+        if inv_grad_scale_sq is not None:
+            x.mul_(inv_grad_scale_sq.reshape(()).to(g.dtype))
+    # min(x b / v, 1/w) is the capped ratio r (the two branches of the max in the docstring of
+    # fresh_ratio_sums swap exactly where x b / v = 1/w); in units of r/b the cap is 1/(w b).
+    # max(v, tiny) turns 0/0 (never a gradient, none now) into 0.
+    x.div_(v.clamp_min_(tiny)).clamp_max_(cap)
+    sums["sum_r"] = x.sum(1)
+    sums["sum_r2"] = torch.linalg.vector_norm(x, 2, dim=1).square()
+    return sums
+
+
+#: how each row sum of fresh_ratio_row_sums becomes a Statistics field: times b ** power
+SUM_POWERS = {"sum_r": 1, "sum_r2": 2}
 
 
 def fresh_ratio_sums(
@@ -99,7 +207,6 @@ def fresh_ratio_sums(
     inv_grad_scale_sq: Tensor | None = None,
     params: list[Tensor] | None = None,
     coupled_decay: float = 0.0,
-    stacked: bool = False,
 ) -> tuple[Tensor, Tensor]:
     r"""Per-tensor sums of the fresh ratio :math:`r = g_t^2 / \hat v_{t-1}` and of :math:`r^2`.
 
@@ -118,67 +225,54 @@ def fresh_ratio_sums(
     :math:`E[(r-1)^2] \approx \kappa - 1`. When the gradients grow faster than :math:`\hat v`
     follows, :math:`E[r]` rises further: that excess is the drift signal.
 
-    The ratio is computed in the bucket's own dtype (three significant digits in bfloat16 are
-    plenty for a statistic); the sums come back as float32.
+    All tensors go through one flat pass (:func:`pack_blocks`, :func:`fresh_ratio_row_sums`, one
+    segment sum over rows): a fixed number of ops for any number and shapes of tensors. The
+    ratio is computed in float32 (float64 for float64 tensors); the sums come back as float32.
 
     Args:
-        grads: gradients of one bucket (same device and dtype; real views of complex tensors).
+        grads: gradients (one device; real views of complex tensors).
         sq_avgs: :math:`v_{t-1}` for the same tensors.
-        prev_bias_correction: :math:`1-\beta^{t-1}` per tensor, 1-D float32 on the bucket's device.
-        newest_weight: :math:`w_t` per tensor, 1-D float32 on the bucket's device.
+        prev_bias_correction: :math:`1-\beta^{t-1}` per tensor, 1-D float32 on their device.
+        newest_weight: :math:`w_t` per tensor, 1-D float32 on their device.
         inv_grad_scale_sq: ``1/grad_scale**2`` when the gradients still carry a GradScaler's scale:
             a one-element tensor, 0-d or 1-D (torch's fused step takes ``grad_scale`` in both
             shapes).
         params: the parameters, needed only with ``coupled_decay``.
         coupled_decay: ``c`` when the second moment is built from ``g + c p`` (coupled, L2-style
             weight decay, see ``Algorithm.coupled_decay``): the ratio is then of that sum, as
-            torch squares it (one more temporary and two more passes).
-        stacked: the tensors all have the same shape: stack them into one tensor with a row per
-            tensor and run the same passes on it, summing per row. The same numbers (up to the
-            order of the float additions) with one kernel per pass instead of one per tensor:
-            cheaper on the CPU, where each tensor of a foreach op is a kernel of its own, for
-            tensors small enough (``STACK_MAX_NUMEL``) that copying them costs less than that.
+            torch squares it.
 
     Returns:
         ``(sum_r, sum_r2)``: 1-D float32 tensors, one entry per tensor.
     """
-    dtype = grads[0].dtype
-    tiny = max(_TINY, torch.finfo(dtype).tiny)
-    if inv_grad_scale_sq is not None:
-        inv_grad_scale_sq = inv_grad_scale_sq.reshape(())  # foreach ops take 0-d scalars only
-    # min(x b / v, 1/w) is the capped ratio above (the two branches of the max swap exactly where
-    # x b / v = 1/w); in units of r/b the cap is 1/(w b). max(v, tiny) turns 0/0 (never a
-    # gradient, none now) into 0. Six foreach passes; two temporaries (x and max(v, tiny)).
-    cap = (1.0 / (newest_weight * prev_bias_correction)).to(dtype)
-    caps: list[Tensor]
-    if stacked:
-        k = len(grads)
-        grads = [torch.stack(grads).reshape(k, -1)]
-        sq_avgs = [torch.stack(sq_avgs).reshape(k, -1)]
-        if params is not None and coupled_decay != 0.0:
-            params = [torch.stack(params).reshape(k, -1)]
-        caps = [cap.reshape(k, 1)]
-    else:
-        caps = list(cap.unbind(0))
-    if coupled_decay != 0.0 and params is not None:
-        g = (
-            torch._foreach_mul(grads, inv_grad_scale_sq.sqrt().to(dtype))
-            if inv_grad_scale_sq is not None
-            else torch._foreach_mul(grads, 1.0)
-        )
-        torch._foreach_add_(g, params, alpha=coupled_decay)
-        x = torch._foreach_mul(g, g)
-        del g
-    else:
-        x = torch._foreach_mul(grads, grads)
-        if inv_grad_scale_sq is not None:
-            torch._foreach_mul_(x, inv_grad_scale_sq.to(dtype))
-    torch._foreach_div_(x, torch._foreach_maximum(sq_avgs, tiny))
-    torch._foreach_minimum_(x, caps)  # x now holds r / b
-    if stacked:
-        sum_q = x[0].sum(1).float()
-        norm_q = torch.linalg.vector_norm(x[0], 2, dim=1).float()
-    else:
-        sum_q = torch.stack(torch._foreach_norm(x, 1)).float()
-        norm_q = torch.stack(torch._foreach_norm(x, 2)).float()
-    return sum_q * prev_bias_correction, (norm_q * prev_bias_correction) ** 2
+    n = len(grads)
+    device = grads[0].device
+    lengths = [t.numel() for t in grads]
+    pads = [_zeros(-k % BLOCK, device) for k in lengths]
+    rows = torch.tensor(
+        [i for i, k in enumerate(lengths) for _ in range(-(-k // BLOCK))], dtype=torch.long
+    ).to(device)
+    g = pack_blocks([t.reshape(-1) for t in grads], pads)
+    v = pack_blocks([t.reshape(-1) for t in sq_avgs], pads)
+    p = None
+    if params is not None and coupled_decay != 0.0:
+        p = pack_blocks([t.reshape(-1) for t in params], pads)
+    b = prev_bias_correction.to(g.dtype)
+    cap = (1.0 / (newest_weight.to(g.dtype) * b))[rows].unsqueeze(1)
+    sums = segment_sums(
+        fresh_ratio_row_sums(g, v, cap, inv_grad_scale_sq, p, coupled_decay), rows, n
+    )
+    return sums["sum_r"] * b.float(), sums["sum_r2"] * b.float().square()
+
+
+def segment_sums(row_sums: dict[str, Tensor], rows: Tensor, n: int) -> dict[str, Tensor]:
+    """Per-tensor float32 sums from row sums (``rows[k]``: the tensor row ``k`` belongs to): one
+    ``index_add_`` for all of them."""
+    names = list(row_sums)
+    stacked = torch.stack([row_sums[k] for k in names]).float()
+    out = stacked.new_zeros(len(names), n).index_add_(1, rows, stacked)
+    return dict(zip(names, out.unbind(0)))
+
+
+def _zeros(k: int, device: torch.device) -> Tensor | None:
+    return torch.zeros(k, device=device) if k else None

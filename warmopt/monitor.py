@@ -1,12 +1,13 @@
 """Watching the warm-up: device-tensor summaries for any logger, and a TensorBoard helper.
 
 :func:`warmup_summary` reads the per-tensor warm-up numbers that a warmopt optimizer keeps in
-``optimizer.state[p]`` (``warmup_scale``, and for :class:`warmopt.Measured` ``warmup_kurtosis``
-and ``warmup_drift``) and reduces them, per param group and over the whole optimizer, to 0-d
-float32 tensors on the parameters' device, without a host sync: call it every step and hand the
-tensors to a logger that syncs when it flushes. :func:`log_warmup` writes the same numbers with
-``writer.add_scalar`` (``torch.utils.tensorboard.SummaryWriter`` or anything with that method);
-it reads them on the host, with one device-to-host copy for all the scalars.
+``optimizer.state[p]`` (``warmup_scale``, and those the policy lists in ``spec.summary``: for
+:class:`warmopt.Measured` ``warmup_kurtosis`` and ``warmup_drift``) and reduces them, per param
+group and over the whole optimizer, to 0-d float32 tensors on the parameters' device, without a
+host sync: call it every step and hand the tensors to a logger that syncs when it flushes.
+:func:`log_warmup` writes the same numbers with ``writer.add_scalar``
+(``torch.utils.tensorboard.SummaryWriter`` or anything with that method); it reads them on the
+host, with one device-to-host copy for all the scalars.
 
 The summaries cover only the tensors that have stepped at least once; a group without any has
 NaN entries (0/0), not zeros.
@@ -28,13 +29,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .policies import Measured
-
 __all__ = ["ScalarWriter", "log_warmup", "warmup_summary"]
 
-_SCALE = "warmup_scale"
-#: The Measured statistics summarised besides the scale (``state[p]`` key -> summary name).
-_MEASURED = {"warmup_kurtosis": "kurtosis", "warmup_drift": "drift"}
+_PREFIX = "warmup_"
 
 
 class ScalarWriter(Protocol):
@@ -65,8 +62,9 @@ def _collect(optimizer: Optimizer) -> tuple[Tensor, list[str], list[int], torch.
     if policy is None:
         counts = [len(g["params"]) for g in groups]
         return torch.ones(1, sum(counts), device=device), ["scale"], counts, device
-    keys = [_SCALE, *(_MEASURED if isinstance(policy, Measured) else ())]
-    rows = ["scale", *(_MEASURED[k] for k in keys[1:])]
+    # the policy declares which of its numbers are summarised besides the scale
+    rows = ["scale", *policy.spec.summary]
+    keys = [_PREFIX + name for name in rows]
     counts = []
     columns: list[dict[Any, Tensor]] = []
     for group in groups:

@@ -1,7 +1,9 @@
 """``warmopt.Adam``, ``AdamW`` and ``RMSprop``: torch's exact signatures plus warm-up.
 
-Each builds the torch optimizer of the same name (so argument checks, defaults and error messages
-are torch's own) and steps it through :class:`warmopt.WarmupOptimizer`. They take parameters, as
+Each writes torch's signature once, in its ``__init__``, and hands its arguments by torch's own
+names to one builder (``WarmupOptimizer._build``), which builds the torch optimizer of the same
+name (so argument checks, defaults and error messages are torch's own) and steps it through
+:class:`warmopt.WarmupOptimizer`. They take parameters, as
 torch's classes do; to warm up an existing torch optimizer instance, wrap it with
 ``warmopt.WarmupOptimizer(optimizer)``.
 """
@@ -12,8 +14,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from .optimizer import WarmupOptimizer, _check_granularity, _check_params
-from .policies import WarmupPolicy, resolve_policy
+from .optimizer import WarmupOptimizer
+from .policies import WarmupPolicy
 
 __all__ = ["Adam", "AdamW", "RMSprop"]
 
@@ -113,23 +115,7 @@ class AdamW(WarmupOptimizer):
         warmup: WarmupPolicy | str | None = "measured",
         granularity: str = "tensor",
     ) -> None:
-        _check_params(type(self), params)
-        policy = resolve_policy(warmup)
-        _check_granularity(granularity)
-        base = torch.optim.AdamW(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-        )
-        self._adopt(base, policy, granularity)
+        self._build(torch.optim.AdamW, params, locals())
 
 
 class RMSprop(WarmupOptimizer):
@@ -190,20 +176,4 @@ class RMSprop(WarmupOptimizer):
         warmup: WarmupPolicy | str | None = "measured",
         granularity: str = "tensor",
     ) -> None:
-        _check_params(type(self), params)
-        policy = resolve_policy(warmup)
-        _check_granularity(granularity)
-        base = torch.optim.RMSprop(
-            params,
-            lr,
-            alpha,
-            eps,
-            weight_decay,
-            momentum,
-            centered,
-            capturable,
-            foreach,
-            maximize,
-            differentiable,
-        )
-        self._adopt(base, policy, granularity)
+        self._build(torch.optim.RMSprop, params, locals())

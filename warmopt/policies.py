@@ -17,14 +17,15 @@ The derivations are in ``docs/warmup.md``; each class docstring states its formu
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from . import _stats
+from ._stats import Statistics
 
 __all__ = [
     "WarmupPolicy",
@@ -35,28 +36,37 @@ __all__ = [
     "Linear",
     "Constant",
     "Statistics",
+    "MeasurementSpec",
     "POLICIES",
     "resolve_policy",
 ]
 
 
 @dataclass(frozen=True)
-class Statistics:
-    """What the optimizer measured this step, per unit (1-D float32, same device).
+class MeasurementSpec:
+    """What a policy needs from the optimizer, declared once (the optimizer never probes it).
 
     Attributes:
-        sum_r: sum over coordinates of the fresh ratio ``g_t^2 / v̂_{t-1}`` (capped, see
-            :func:`warmopt._stats.fresh_ratio_sums`).
-        sum_r2: sum over coordinates of its square.
-        count: number of real coordinates summed (``numel``; twice that for complex tensors).
-        valid: 1.0 where the measurement counts (``step >= 2``: at ``step = 1`` there is no
-            ``v̂_{t-1}`` to compare with; also 0 on a GradScaler step with inf/NaN gradients).
+        statistics: whether :meth:`WarmupPolicy.update` reads a :class:`Statistics`.
+        sample: measure at most this many real coordinates per tensor (a window), or all
+            (``None``).
+        every: measure each tensor on every ``every``-th call of ``step()``, staggered.
+        can_fall: whether a scale may fall again after it reached 1; then the optimizer keeps
+            measuring after every scale has reached 1.
+        pooling: how each changing number (key of ``state_init``) pools over the tensors of a
+            unit under ``granularity="group"``/``"global"``: ``"amin"``, ``"amax"``,
+            ``"mean"`` or ``"sum"`` (the step count pools by ``amin``, beta by ``amax``, the
+            statistics' sums by ``sum``).
+        summary: the changing numbers :func:`warmopt.warmup_summary` reports (their medians),
+            under their own names.
     """
 
-    sum_r: Tensor
-    sum_r2: Tensor
-    count: Tensor
-    valid: Tensor
+    statistics: bool = False
+    sample: int | None = None
+    every: int = 1
+    can_fall: bool = False
+    pooling: dict[str, str] = field(default_factory=dict)
+    summary: tuple[str, ...] = ()
 
 
 class WarmupPolicy:
@@ -64,7 +74,8 @@ class WarmupPolicy:
 
     Subclasses set ``name`` (the string accepted by ``warmup=``), ``needs_statistics`` (whether
     ``update`` reads a :class:`Statistics`), ``state_init`` (the initial value of each changing
-    number besides the scale) and implement :meth:`update`.
+    number besides the scale) and implement :meth:`update`; a policy that measures declares how
+    in :attr:`spec`.
     """
 
     name: ClassVar[str] = ""
@@ -96,6 +107,15 @@ class WarmupPolicy:
         """Whether the scale may fall again after it reached 1 (then the optimizer keeps
         measuring after every scale has reached 1)."""
         return False
+
+    @functools.cached_property
+    def spec(self) -> MeasurementSpec:
+        """What this policy needs from the optimizer (see :class:`MeasurementSpec`)."""
+        return MeasurementSpec(
+            statistics=self.needs_statistics,
+            can_fall=self.can_fall,
+            pooling={k: "amin" for k in self.state_init},
+        )
 
     def initial_state(self) -> dict[str, float]:
         """The value each changing number starts from (keys of ``state_init``)."""
@@ -261,6 +281,19 @@ class Measured(WarmupPolicy):
     def can_fall(self) -> bool:
         return self.rewarm
 
+    @functools.cached_property
+    def spec(self) -> MeasurementSpec:
+        # A unit is as sure as its least sure tensor, as kurtotic as its tensors on average and
+        # as drifting as its most drifting one.
+        return MeasurementSpec(
+            statistics=True,
+            sample=self.sample,
+            every=self.measure_every,
+            can_fall=self.rewarm,
+            pooling={"confidence": "amin", "kurtosis": "mean", "evidence": "amin", "drift": "amax"},
+            summary=("kurtosis", "drift"),
+        )
+
     def initial_state(self) -> dict[str, float]:
         k0 = self.prior_kurtosis if self.kurtosis else self.GAUSSIAN_KURTOSIS
         return {**self.state_init, "kurtosis": float(k0)}
@@ -277,17 +310,22 @@ class Measured(WarmupPolicy):
         if stats is None:
             raise ValueError("Measured.update needs statistics")
         step, beta = step.double(), beta.double()
-        n_now = _stats.effective_sample_size(step, beta)
-        n_prev = _stats.effective_sample_size(step - 1, beta).clamp_min(1.0)
-        n_inf = (1 + beta) / (1 - beta)
+        # beta^t, beta^(t-1), 1 +- beta once for every closed form below (each written as in
+        # _stats.effective_sample_size / newest_weight, so the numbers are theirs bit for bit)
+        bt, bt_prev = beta**step, beta ** (step - 1)
+        one_plus, one_minus = 1 + beta, 1 - beta
+        n_now = one_plus * (1 - bt) / (one_minus * (1 + bt))
+        n_prev = (one_plus * (1 - bt_prev) / (one_minus * (1 + bt_prev))).clamp_min(1.0)
+        n_inf = one_plus / one_minus
         count = stats.count.clamp_min(1.0)
         valid = stats.valid
 
         # Where nothing was measured the sums may be inf/NaN (no v̂_{t-1} at step 1): select, never
         # multiply, so they cannot leak into the state. All-zero gradients (r = 0) measure nothing.
         counts = (valid > 0) & (stats.sum_r > 0)
-        m1 = torch.where(counts, stats.sum_r / count, 1.0)
-        m2 = torch.where(counts, stats.sum_r2 / count, 1.0)
+        # count / count = 1 exactly where nothing counts (one select instead of a select of 1.0)
+        m1 = torch.where(counts, stats.sum_r, count) / count
+        m2 = torch.where(counts, stats.sum_r2, count) / count
         kurt, evidence = state["kurtosis"], state["evidence"]
         if self.kurtosis:
             # Relative variance of r across the tensor's coordinates (unbiased): kappa - 1 for
@@ -295,18 +333,17 @@ class Measured(WarmupPolicy):
             # drift term handles that. A single coordinate has no spread: use (r - 1)^2 over time.
             spread = (m2 / (m1 * m1) - 1) * count / (count - 1).clamp_min(1.0)
             k_step = torch.where(count >= 2, spread, m2 - 2 * m1 + 1).clamp_min(0.0)
-            weight = torch.where(counts, n_prev, 0.0)
+            weight = n_prev * counts  # n_prev where it counts, 0 elsewhere
             evidence = evidence + weight
             kurt = kurt + weight * (k_step - kurt) / evidence
         drift = state["drift"]
-        correction = torch.ones_like(drift)
         if self.drift:
             excess = m1 - 1 - kurt / n_prev
             rho = self.DRIFT_DECAY
             drift = torch.where(counts, rho * drift + (1 - rho) * excess, drift)
             sigma = torch.sqrt(kurt / count * ((1 - rho) / (1 + rho)))
             delta = (drift - self.DRIFT_Z * sigma).clamp_min(0.0)
-            w = _stats.newest_weight(step, beta)
+            w = one_minus / (1 - bt)  # _stats.newest_weight
             lag = torch.sqrt((1 + w * delta) / (1 + delta))
             correction = torch.clamp((1 + self.tol) * lag, max=1.0)
 
@@ -314,9 +351,9 @@ class Measured(WarmupPolicy):
         target = torch.clamp(math.sqrt(2.0) * 0.5 * torch.sqrt(kurt / n_inf), min=self.tol)
         candidate = torch.clamp(target / err, max=1.0)
         confidence = candidate if self.rewarm else torch.maximum(state["confidence"], candidate)
-        scale = confidence * correction
+        scale = confidence * correction if self.drift else confidence
         if not bias_corrected:
-            scale = scale * torch.sqrt(1 - beta**step)
+            scale = scale * torch.sqrt(1 - bt)
         new_state = {
             "confidence": confidence,
             "kurtosis": kurt,
@@ -355,7 +392,15 @@ class RAdamRectification(WarmupPolicy):
 
     name: ClassVar[str] = "radam"
 
-    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+    def update(
+        self,
+        state: dict[str, Tensor],
+        step: Tensor,
+        beta: Tensor,
+        stats: Statistics | None,
+        *,
+        bias_corrected: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         rho_inf, rho_t = _rho(step, beta)
         rect = torch.sqrt(
             ((rho_t - 4) * (rho_t - 2) * rho_inf) / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
@@ -374,7 +419,15 @@ class UntunedLinear(WarmupPolicy):
 
     name: ClassVar[str] = "untuned_linear"
 
-    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+    def update(
+        self,
+        state: dict[str, Tensor],
+        step: Tensor,
+        beta: Tensor,
+        stats: Statistics | None,
+        *,
+        bias_corrected: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         step, beta = step.double(), beta.double()
         return torch.clamp(step * (1 - beta) / 2, max=1.0).float(), {}
 
@@ -392,7 +445,15 @@ class UntunedExponential(WarmupPolicy):
 
     name: ClassVar[str] = "untuned_exponential"
 
-    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+    def update(
+        self,
+        state: dict[str, Tensor],
+        step: Tensor,
+        beta: Tensor,
+        stats: Statistics | None,
+        *,
+        bias_corrected: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         step, beta = step.double(), beta.double()
         return (-torch.expm1(-(1 - beta) * step)).float(), {}
 
@@ -414,7 +475,15 @@ class Linear(WarmupPolicy):
         if self.warmup_steps < 1:
             raise ValueError(f"Invalid warmup_steps value: {self.warmup_steps} (must be >= 1)")
 
-    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+    def update(
+        self,
+        state: dict[str, Tensor],
+        step: Tensor,
+        beta: Tensor,
+        stats: Statistics | None,
+        *,
+        bias_corrected: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         return torch.clamp(step / float(self.warmup_steps), max=1.0).float(), {}
 
 
@@ -428,7 +497,15 @@ class Constant(WarmupPolicy):
 
     name: ClassVar[str] = "constant"
 
-    def update(self, state, step, beta, stats, *, bias_corrected=True):  # type: ignore[no-untyped-def]
+    def update(
+        self,
+        state: dict[str, Tensor],
+        step: Tensor,
+        beta: Tensor,
+        stats: Statistics | None,
+        *,
+        bias_corrected: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         return torch.ones_like(step), {}
 
 

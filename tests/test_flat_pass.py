@@ -1,0 +1,179 @@
+"""The warming step's kernels do not depend on the number or the shapes of the tensors.
+
+Checked on the path accelerators take, run on the CPU with ``WARMOPT_DEVICE_PATH_ON_CPU=1`` (step
+counts and scales treated as device tensors: nothing read on the host), and on the CPU's own
+path. A kernel is an ATen op that touches tensor data (views are not: ``OpCounter.kernels``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import torch
+
+import warmopt
+from warmopt._device import DEVICE_PATH_ON_CPU
+
+from .opcount import OpCounter
+
+#: sample=64: the tensors above 64 coordinates are measured on windows, the others whole
+POLICY = warmopt.Measured(sample=64)
+SHAPES = [(8,), (3, 7), (), (300,), (40, 50), (2, 2, 2), (65,), (1, 64)]
+
+LAYOUTS: dict[str, list[tuple[int, ...]]] = {
+    "10 tensors, 1 shape": [(8,)] * 10,
+    "100 tensors, 1 shape": [(8,)] * 100,
+    "100 tensors, 8 shapes": list(itertools.islice(itertools.cycle(SHAPES), 100)),
+    "100 tensors, 100 shapes": [(k + 1,) if k % 2 else (k + 1, 3) for k in range(100)],
+}
+
+#: (class, mode): every mode whose update is not a loop over the tensors already (torch's own
+#: single-tensor step is), with the accelerator threshold for fused calls of their own (65536
+#: elements) above every tensor here
+CONFIGS = [
+    (warmopt.Adam, {"foreach": True}),
+    (warmopt.AdamW, {"foreach": True}),
+    (warmopt.RMSprop, {"foreach": True}),
+    (warmopt.Adam, {"fused": True}),
+    (warmopt.Adam, {"foreach": True, "weight_decay": 0.1}),  # coupled decay reads p too
+]
+
+
+def _warming_step(
+    cls: type, kwargs: dict[str, Any], shapes: list[tuple[int, ...]], measured: list[OpCounter]
+) -> OpCounter:
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    opt = cls(params, lr=1e-3, warmup=POLICY, **kwargs)
+    for t in range(4):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen) * (1 + t)
+        measured.clear()
+        with OpCounter() as counter:
+            opt.step()
+    assert 0 < float(torch.cat(opt.warmup_scale).max()) < 1  # still warming
+    return counter
+
+
+@pytest.fixture
+def measure_counter(monkeypatch: pytest.MonkeyPatch) -> list[OpCounter]:
+    """The ops of the measure stage alone, recorded on every step."""
+    import warmopt.optimizer
+
+    inner = warmopt.optimizer.measure
+    seen: list[OpCounter] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        counter = OpCounter()
+        with counter:
+            out = inner(*args, **kwargs)
+        seen.append(counter)
+        return out
+
+    monkeypatch.setattr(warmopt.optimizer, "measure", counted)
+    return seen
+
+
+@pytest.mark.parametrize("cls,kwargs", CONFIGS, ids=lambda x: getattr(x, "__name__", str(x)))
+def test_accelerator_path_kernels_are_flat_in_tensor_count_and_shapes(
+    cls: type,
+    kwargs: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    measure_counter: list[OpCounter],
+) -> None:
+    """The whole warming step on the accelerator path: the same kernels, op by op, for 10 or 100
+    tensors, one shape or a hundred, windows or whole tensors; no host sync; and the statistics
+    are one flat pass (one cat for g, one for v, one segment sum) whatever the layout."""
+    monkeypatch.setenv(DEVICE_PATH_ON_CPU, "1")
+    kernels, stats = {}, {}
+    for name, shapes in LAYOUTS.items():
+        counter = _warming_step(cls, kwargs, shapes, measure_counter)
+        assert counter.syncs == 0, (name, counter.ops)
+        kernels[name] = counter.kernels
+        (measured,) = measure_counter
+        stats[name] = measured.kernels
+    first = next(iter(kernels.values()))
+    for name in kernels:
+        assert kernels[name] == first, (name, kernels[name] - first, first - kernels[name])
+        assert stats[name] == stats["10 tensors, 1 shape"], name
+    assert stats[name]["aten.index_add_"] == 1
+    assert stats[name]["aten.cat"] == (3 if kwargs.get("weight_decay") else 2)
+    assert "aten.index_select" not in first  # no gather per window
+
+
+@pytest.mark.parametrize("cls,kwargs", CONFIGS, ids=lambda x: getattr(x, "__name__", str(x)))
+def test_cpu_path_statistics_are_one_flat_pass_for_any_layout(
+    cls: type,
+    kwargs: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    measure_counter: list[OpCounter],
+) -> None:
+    """On the CPU's own path too the statistics' kernels do not change with the layout (the
+    update may: fused mode gives tensors of 4096 elements and more a fused call each there)."""
+    monkeypatch.setenv(DEVICE_PATH_ON_CPU, "0")
+    stats = {}
+    for name, shapes in LAYOUTS.items():
+        _warming_step(cls, kwargs, shapes, measure_counter)
+        (measured,) = measure_counter
+        assert measured.syncs == 0
+        stats[name] = measured.kernels
+    assert all(k == stats["10 tensors, 1 shape"] for k in stats.values()), stats
+
+
+def test_accelerator_path_windows_follow_the_step_counts_through_resets_and_reloads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the accelerator path the host counts the steps itself to place the windows: the same
+    statistics as the CPU path (which reads the step counts) when tensors pause (no gradient),
+    when the state is cleared and made again, and after a state dict is loaded."""
+    policy = warmopt.Measured(sample=16, prior_kurtosis=4.0)
+    runs = []
+    for device_path in ("0", "1"):
+        monkeypatch.setenv(DEVICE_PATH_ON_CPU, device_path)
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.zeros(s)) for s in [(40,), (7, 9), (5,)]]
+        opt = warmopt.Adam(params, lr=1e-3, fused=True, warmup=policy)
+        kurt = []
+        for t in range(14):
+            for i, p in enumerate(params):
+                p.grad = None if (t + i) % 4 == 0 else torch.randn(p.shape, generator=gen) * (1 + t)
+            if t == 6:
+                opt.state.clear()
+            if t == 10:
+                saved = opt.state_dict()
+                opt = warmopt.Adam(params, lr=1e-3, fused=True, warmup=policy)
+                opt.load_state_dict(saved)
+            opt.step()
+            kurt.append([float(opt.state[p]["warmup_kurtosis"]) for p in params if p in opt.state])
+        runs.append(kurt)
+    assert runs[0] == runs[1]
+
+
+def test_accelerator_path_windows_stay_right_after_a_skipped_gradscaler_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GradScaler step with inf gradients (``found_inf``) is skipped on the device, which the
+    host cannot see at once: its count of the steps is corrected from a non-blocking copy of the
+    device's, so the windows (and statistics) stay those of the CPU path."""
+    policy = warmopt.Measured(sample=16, prior_kurtosis=4.0)
+    runs = []
+    for device_path in ("0", "1"):
+        monkeypatch.setenv(DEVICE_PATH_ON_CPU, device_path)
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.zeros(s)) for s in [(40,), (7, 9)]]
+        opt = warmopt.Adam(params, lr=1e-3, fused=True, warmup=policy)
+        kurt = []
+        for t in range(12):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen) * (1 + t)
+            # what GradScaler sets around step() on the fused path
+            opt.grad_scale = torch.ones(())  # type: ignore[attr-defined]
+            opt.found_inf = torch.tensor(1.0 if t in (3, 4, 8) else 0.0)  # type: ignore[attr-defined]
+            opt.step()
+            del opt.grad_scale, opt.found_inf  # type: ignore[attr-defined]
+            kurt.append([float(opt.state[p]["warmup_kurtosis"]) for p in params])
+        runs.append(kurt)
+    assert runs[0] == runs[1]
+    assert [float(opt.state[p]["step"]) for p in params] == [9.0, 9.0]

@@ -1,0 +1,393 @@
+"""Stage 2, measure: the fresh-ratio statistics of every tensor, tensors in, ``Statistics`` out.
+
+Pure: it reads gradients, second moments (before this step's update) and, for coupled weight
+decay, parameters; it writes nothing. All tensors of a device go through **one flat pass**:
+
+1. every tensor contributes its measured coordinates -- a window of ``sample`` coordinates
+   chosen by its step count (a view: the start is known on the host), or the whole tensor when
+   it is not longer than that (or an FSDP2 shard) -- zero-padded to whole rows of
+   ``_stats.BLOCK``;
+2. one ``torch.cat`` each gathers them into a ``[rows, BLOCK]`` matrix for ``g`` and one for
+   ``v`` (and ``p`` with coupled decay);
+3. the ratio passes run once over those matrices and end in row sums
+   (``_stats.fresh_ratio_row_sums``);
+4. one ``index_add_`` over a cached row-to-tensor index turns row sums into per-tensor sums
+   (``_stats.segment_sums``); FSDP2 shard sums are all-reduced.
+
+So the kernels of a warming step do not depend on the number or the shapes of the tensors, on
+any device (views are not kernels). What may split a pass: several devices, param groups with
+different coupled weight decay, and more than ``FLAT_MAX_NUMEL`` measured coordinates (only
+with ``sample=None``), which bounds the transient buffers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import _stats
+from ._algorithms import GroupBatch, real_views
+from ._collect import Warming
+from ._device import dtensor_type
+from ._stats import Statistics
+from .policies import MeasurementSpec
+
+__all__ = ["FLAT_MAX_NUMEL", "KEEP_FRACTION", "Layouts", "measure", "staggered"]
+
+#: A pass keeps its work buffers from step to step while they hold at most this fraction of the
+#: elements of the tensors it measures (no parameter-sized buffer is kept: for models of many
+#: tensors measured whole the buffers are made on every step).
+KEEP_FRACTION = 0.25
+
+#: At most this many coordinates (padded) go through one flat pass: bounds its buffers (g and v,
+#: 4 bytes each per coordinate; p too with coupled decay) when every coordinate is measured
+#: (``sample=None``).
+FLAT_MAX_NUMEL = 1 << 22
+
+
+def staggered(numbers: list[int], every: int, calls: int) -> list[bool] | None:
+    """Which tensors to measure on warming call number ``calls`` (from 0) under
+    ``measure_every=every``: tensor number ``j`` (``numbers``: each tensor's position in
+    ``param_groups`` order) on calls ``j + 1, j + 1 + every, ...`` (call 0 is step 1, which has
+    nothing to measure against). ``None``: all of them."""
+    if every <= 1:
+        return None
+    return [(calls - 1 - j) % every == 0 for j in numbers]
+
+
+@dataclass
+class _Pass:
+    """The cached layout of one flat pass."""
+
+    lengths: list[int]  # of each tensor's measured coordinates
+    pads: list[Tensor | None]  # zero padding after each tensor's coordinates (shared views)
+    rows: Tensor  # int64 [blocks] on the pass's device: the tensor (0..k-1) of every row
+    where: Tensor | None  # int64 [k] on home: each tensor's position in the step (None: 0..n-1)
+    #: the pass's buffers for g, v (and p), [blocks, BLOCK] each, kept from step to step where
+    #: they are small against the parameters they measure (``KEEP_FRACTION``): fresh
+    #: multi-MB buffers on every step cost page faults on the CPU. Dropped with the layouts when
+    #: the warm-up ends. Empty: allocated on every step.
+    work: list[Tensor]
+
+
+class Layouts:
+    """Layouts of the flat passes, cached by the tensors' positions and segment lengths (the set
+    of tensors with a gradient rarely changes; ``measure_every`` cycles through ``k`` sets)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._passes: OrderedDict[Any, _Pass] = OrderedDict()
+        self.tensors: dict[Any, _Tensors] = {}
+        self._vectors: OrderedDict[Any, Tensor] = OrderedDict()
+        self._zeros: dict[torch.device, Tensor] = {}
+        self._size = size
+
+    def clear(self) -> None:
+        """Drop every layout and its buffers (the warm-up is over)."""
+        self._passes.clear()
+        self._vectors.clear()
+        self.tensors.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self._passes or self._vectors)
+
+    def _remember(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> Any:
+        table[key] = value
+        if len(table) > self._size:
+            table.popitem(last=False)
+        return value
+
+    def known(self, plan: list[Any], home: torch.device, n: int) -> bool:
+        """Whether the passes of ``plan`` (from ``_plan``) are laid out already."""
+        return all(
+            (device, home, tuple(indices), n, dtype, 2 + (decay != 0.0)) in self._passes
+            for device, decay, dtype, indices in plan
+        )
+
+    def flat_pass(
+        self, device: torch.device, home: torch.device, picked: list[int], lengths: list[int],
+        n: int, dtype: torch.dtype, buffers: int, whole: int = 0,
+    ) -> _Pass:  # fmt: skip
+        """The layout of the pass over tensors ``picked`` (positions in the step, of ``n``)
+        measuring ``lengths`` coordinates each, with ``buffers`` work buffers of ``dtype``
+        (kept if they hold at most ``KEEP_FRACTION`` of the ``whole`` tensors' elements)."""
+        key = (device, home, tuple(picked), n, dtype, buffers)
+        if key in self._passes and self._passes[key].lengths != lengths:
+            del self._passes[key]  # the same tensors with other lengths (a new set of tensors)
+        got = self._passes.get(key)
+        if got is not None:
+            self._passes.move_to_end(key)
+            return got
+        zeros = self._zeros.get(device)
+        if zeros is None:
+            zeros = self._zeros[device] = torch.zeros(_stats.BLOCK, device=device)
+        pads = [zeros[: -k % _stats.BLOCK] if k % _stats.BLOCK else None for k in lengths]
+        blocks = [-(-k // _stats.BLOCK) for k in lengths]
+        rows = torch.tensor([i for i, b in enumerate(blocks) for _ in range(b)], dtype=torch.long)
+        identity = picked == list(range(n))
+        where = None if identity else torch.tensor(picked, dtype=torch.long).to(home)
+        rows = rows.to(device)
+        shape = (rows.numel(), _stats.BLOCK)
+        work = []
+        if buffers * shape[0] * shape[1] <= KEEP_FRACTION * whole:
+            work = [torch.empty(shape, dtype=dtype, device=device) for _ in range(buffers)]
+        laid = _Pass(list(lengths), pads, rows, where, work)
+        return self._remember(self._passes, key, laid)  # type: ignore[no-any-return]
+
+    def vector(self, key: Any, values: list[float], home: torch.device) -> Tensor:
+        """A float32 vector of host ``values`` on ``home``, made once per ``key``."""
+        got = self._vectors.get(key)
+        if got is None:
+            got = torch.tensor(values, dtype=torch.float32).to(home, non_blocking=True)
+            self._remember(self._vectors, key, got)
+        else:
+            self._vectors.move_to_end(key)
+        return got
+
+
+@dataclass
+class _Tensors:
+    """What the measure stage knows about one set of tensors with a gradient, kept while the set
+    stays the same: per tensor, its device, its group's coupled decay, the dtype its pass
+    computes in, the coordinates it measures (``length``), whether that is a window (else the
+    whole tensor or, for a DTensor, this rank's shard) and its real size; the count vector."""
+
+    slots: list[tuple[torch.device, float, torch.dtype, int]]
+    window: list[bool]
+    numel: list[int]
+    count: Tensor
+    measurable: Tensor  # 1.0 where count > 0 (float32)
+    plans: dict[Any, list[tuple[torch.device, float, torch.dtype, list[int]]]]
+
+
+def measure(
+    batches: list[GroupBatch],
+    decays: list[float],
+    warming: Warming,
+    spec: MeasurementSpec,
+    numbers: list[int],
+    calls: int,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+    layouts: Layouts,
+) -> Statistics:
+    """Fresh-ratio sums for every tensor of ``warming``, in its order.
+
+    ``decays`` holds each group's coupled decay (``Algorithm.coupled_decay``). With
+    ``spec.sample``, each plain tensor longer than that is measured on a window of ``sample``
+    coordinates chosen by its step count (``_stats.window_start``); DTensor shards are measured
+    whole. With ``spec.every > 1`` only the tensors :func:`staggered` picks for warming call
+    ``calls`` are measured (``numbers``: their positions in ``param_groups``); the others get
+    zero sums and ``valid = 0``.
+    """
+    home, step, beta = warming.home, warming.step, warming.beta
+    n = len(step)
+    size, every = spec.sample, spec.every
+    pick = staggered(numbers, every, calls)
+    dtensor = dtensor_type()
+    grads = [g for b in batches for g in real_views(b.grads, b.has_complex)]
+    sqs = [v for b in batches for v in real_views(b.second_moments, b.has_complex)]
+    ps: list[Tensor | None] = [
+        p if decay != 0.0 else None
+        for b, decay in zip(batches, decays)
+        for p in real_views(b.params, b.has_complex)
+    ]
+    shards: list[Tensor | None] = []
+    if dtensor is not None and any(isinstance(g, dtensor) for g in grads):
+        # FSDP2: each rank measures its shard of a DTensor, whole
+        shards = [g if isinstance(g, dtensor) else None for g in grads]
+        grads = [g.to_local() if isinstance(g, dtensor) else g for g in grads]  # type: ignore[attr-defined]
+        sqs = [v.to_local() if isinstance(v, dtensor) else v for v in sqs]  # type: ignore[attr-defined]
+        ps = [p.to_local() if isinstance(p, dtensor) else p for p in ps]  # type: ignore[union-attr]
+    known = _known(layouts, warming.params, grads, shards, decays, batches, size, home)
+
+    plan = known.plans.get(pick and tuple(pick))
+    if plan is None:
+        # the first call of a stagger pattern: lay out all ``every`` patterns now, so that every
+        # warming call dispatches the same ops
+        for calls_ in range(every):
+            pick_ = staggered(numbers, every, calls_)
+            plan_ = known.plans[pick_ and tuple(pick_)] = _plan(known.slots, pick_)
+            if pick_ is not None:
+                layouts.vector(("pick", tuple(pick_)), [float(x) for x in pick_], home)
+            for device, decay, dtype, indices in plan_:
+                lengths = [known.slots[i][3] for i in indices]
+                whole = sum(known.numel[i] for i in indices)
+                layouts.flat_pass(
+                    device, home, indices, lengths, n, dtype, 2 + (decay != 0.0), whole
+                )
+        plan = known.plans[pick and tuple(pick)]
+
+    host_steps = warming.host_steps
+    # b = 1 - beta^(t-1), and the cap 1/(w b) of the ratio in units of b, w = (1-beta)/(1-beta^t)
+    prev_bc = 1 - beta ** (step - 1)
+    cap = (1 - beta**step) / ((1 - beta) * prev_bc)
+    inv_gs2 = None
+    if grad_scale is not None:
+        inv_gs2 = grad_scale.to(torch.float32).reciprocal().square()
+    sums: dict[str, Tensor] | None = None
+    for device, decay, dtype, indices in plan:
+        lengths = [known.slots[i][3] for i in indices]
+        whole = sum(known.numel[i] for i in indices)
+        layout = layouts.flat_pass(
+            device, home, indices, lengths, n, dtype, 2 + (decay != 0.0), whole
+        )
+        pieces: list[list[Tensor]] = [[], [], []] if decay != 0.0 else [[], []]
+        for i in indices:
+            if known.window[i]:
+                assert size is not None and host_steps is not None
+                start = _stats.window_start(host_steps[i], known.numel[i], size, every)
+                for ts, t in zip(pieces, (grads[i], sqs[i], ps[i])):
+                    ts.append(_window(t, start, size))  # type: ignore[arg-type]
+            else:
+                for ts, t in zip(pieces, (grads[i], sqs[i], ps[i])):
+                    ts.append(t if t.dim() == 1 else t.reshape(-1))  # type: ignore[union-attr, arg-type]
+        got = _flat_pass(pieces, layout, device, decay, n, home, cap, inv_gs2)
+        sums = got if sums is None else {k: sums[k] + got[k] for k in sums}
+    if sums is None:
+        zero = torch.zeros(n, dtype=torch.float64, device=home)
+        sums = dict.fromkeys(_stats.SUM_POWERS, zero)
+    if shards:  # the same tensors on every rank, whatever was picked
+        sums = _sum_over_shards(sums, shards)
+    for name, power in _stats.SUM_POWERS.items():
+        sums[name] = sums[name] * (prev_bc if power == 1 else prev_bc**power)
+
+    count = known.count
+    valid = (step >= 2) * known.measurable
+    if pick is not None:
+        valid = valid * layouts.vector(("pick", tuple(pick)), [float(x) for x in pick], home)
+    if found_inf is not None:
+        valid = valid * (found_inf.to(home, torch.float32) == 0).float()
+    return Statistics(**sums, count=count, valid=valid)
+
+
+def _known(
+    layouts: Layouts,
+    params: list[Tensor],
+    grads: list[Tensor],
+    shards: list[Tensor | None],
+    decays: list[float],
+    batches: list[GroupBatch],
+    size: int | None,
+    home: torch.device,
+) -> _Tensors:
+    """The :class:`_Tensors` of this set of tensors (made on the first step that sees it)."""
+    key = (tuple(map(id, params)), tuple(decays), size, home, bool(shards))
+    got = layouts.tensors.get(key)
+    if got is not None and not shards:
+        return got
+    group_decay = [decay for b, decay in zip(batches, decays) for _ in b.params]
+    slots, window, numel = [], [], []
+    counts = []
+    for i, g in enumerate(grads):
+        whole = shards[i].numel() if shards and shards[i] is not None else g.numel()  # type: ignore[union-attr]
+        cut = size is not None and whole > size and not (shards and shards[i] is not None)
+        dtype = torch.float64 if g.dtype == torch.float64 else torch.float32
+        slots.append((g.device, group_decay[i], dtype, size if cut else g.numel()))
+        window.append(cut)
+        numel.append(whole)
+        counts.append(float(size if cut else whole))  # type: ignore[arg-type]
+    count = torch.tensor(counts, dtype=torch.float32).to(home, non_blocking=True)
+    known = _Tensors(slots, window, numel, count, (count > 0).float(), {})  # type: ignore[arg-type]
+    layouts.tensors[key] = known
+    if len(layouts.tensors) > 4:
+        layouts.tensors.pop(next(iter(layouts.tensors)))
+    return known
+
+
+def _plan(
+    slots: list[tuple[torch.device, float, torch.dtype, int]], pick: list[bool] | None
+) -> list[tuple[torch.device, float, torch.dtype, list[int]]]:
+    """The flat passes: the picked tensors by device, coupled decay and dtype, in order, in runs
+    of at most ``FLAT_MAX_NUMEL`` padded coordinates (a larger tensor alone)."""
+    parts: dict[tuple[torch.device, float, torch.dtype], list[int]] = {}
+    for i, (device, decay, dtype, _) in enumerate(slots):
+        if pick is None or pick[i]:
+            parts.setdefault((device, decay, dtype), []).append(i)
+    plan = []
+    for (device, decay, dtype), indices in parts.items():
+        run: list[int] = []
+        total = 0
+        for i in indices:
+            k = -(-slots[i][3] // _stats.BLOCK) * _stats.BLOCK
+            if run and total + k > FLAT_MAX_NUMEL:
+                plan.append((device, decay, dtype, run))
+                run, total = [], 0
+            run.append(i)
+            total += k
+        plan.append((device, decay, dtype, run))
+    return plan
+
+
+def _flat_pass(
+    pieces: list[list[Tensor]],
+    layout: _Pass,
+    device: torch.device,
+    decay: float,
+    n: int,
+    home: torch.device,
+    cap: Tensor,
+    inv_gs2: Tensor | None,
+) -> dict[str, Tensor]:
+    """One flat pass over the 1-D ``pieces`` of ``g``, ``v`` (and ``p`` with coupled decay) of
+    the pass's tensors (one device, one coupled decay): per-tensor sums in units of ``b``
+    (before the factor ``b ** power``), float32 vectors of length ``n`` on ``home`` (zero for
+    the tensors not in the pass)."""
+    work: list[Tensor | None] = [*layout.work] or [None] * len(pieces)
+    g, v, *p = (_stats.pack_blocks(ts, layout.pads, out=buf) for ts, buf in zip(pieces, work))
+    dtype = g.dtype
+    if layout.where is not None:
+        cap = cap[layout.where]
+    cap = cap.to(device, dtype, non_blocking=True)[layout.rows].unsqueeze(1)
+    gs = None if inv_gs2 is None else inv_gs2.to(device, non_blocking=True)
+    row_sums = _stats.fresh_ratio_row_sums(g, v, cap, gs, p[0] if p else None, decay)
+    sums = _stats.segment_sums(row_sums, layout.rows, len(layout.lengths))
+    if layout.where is None and device == home:
+        return sums
+    out = {}
+    for name, s in sums.items():
+        s = s.to(home, non_blocking=True)
+        out[name] = s if layout.where is None else s.new_zeros(n).index_copy_(0, layout.where, s)
+    return out
+
+
+def _window(t: Tensor, start: int, size: int) -> Tensor:
+    """Coordinates ``[start, start + size)`` of flattened ``t``: a view (a copy of ``t`` first if
+    it is not contiguous, as ``reshape`` makes)."""
+    if t.is_contiguous():  # one view op instead of a reshape and a slice
+        return t.as_strided((size,), (1,), t.storage_offset() + start)
+    return t.reshape(-1)[start : start + size]
+
+
+def _flat(t: Tensor) -> Tensor:
+    """``t`` as a 1-D tensor (itself if it already is one)."""
+    return t if t.dim() == 1 else t.reshape(-1)
+
+
+def _sum_over_shards(sums: dict[str, Tensor], like: list[Tensor | None]) -> dict[str, Tensor]:
+    """Sums over this rank's shards of ``like`` -> sums over the whole tensors, on every rank.
+
+    FSDP2 (DTensor) parameters are sharded across ranks: without this all-reduce each rank would
+    measure only its shard and step its part of a tensor with its own scale (and the DTensor sums
+    would not mix with the plain tensors of the policy). One all-reduce per distinct layout.
+    """
+    from torch.distributed.tensor import Partial, Replicate
+
+    names = list(sums)
+    stacked = torch.stack([sums[k] for k in names], 1)
+    layouts: dict[Any, list[int]] = {}
+    for i, t in enumerate(like):
+        if t is not None and any(p.is_shard() for p in t.placements):  # type: ignore[attr-defined]
+            key = (t.device_mesh, tuple(t.placements))  # type: ignore[attr-defined]
+            layouts.setdefault(key, []).append(i)
+    dtensor = dtensor_type()
+    for (mesh, placements), idx in layouts.items():
+        sel = torch.tensor(idx, device=stacked.device)
+        reduce = [Partial() if p.is_shard() else Replicate() for p in placements]
+        local = stacked.index_select(0, sel)
+        total = dtensor.from_local(local, mesh, reduce, run_check=False)  # type: ignore[union-attr]
+        stacked = stacked.index_copy(0, sel, total.full_tensor())
+    return dict(zip(names, stacked.unbind(1)))
