@@ -11,12 +11,20 @@ from warmopt._reference import ReferenceOptimizer
 
 from .cases import CASE_MODES, MODES, Case, feed, twins
 
+#: the previous default: precision confidence and lag factor, no cap on the relative step
+V1 = {"max_update": None, "confidence": True, "drift": True}
 POLICIES = [
     warmopt.Measured(),
     warmopt.Measured(rewarm=True),
-    warmopt.Measured(tol=0.03, drift=False),
-    warmopt.Measured(measure_every=3, prior_kurtosis=4.0),
-    warmopt.Measured(sample=7, measure_every=2, prior_kurtosis=4.0),
+    warmopt.Measured(max_update=0.002),  # the cap binds at these rates
+    warmopt.Measured(max_update=0.002, sample=7),  # measured on the first 7 coordinates
+    warmopt.Measured(max_update=0.002, follow_vectors=False),
+    warmopt.Measured(max_update=0.002, confidence=True, drift=True, prior_kurtosis=4.0),
+    warmopt.Measured(**V1),
+    warmopt.Measured(**V1, rewarm=True),
+    warmopt.Measured(max_update=None, confidence=True, tol=0.03),
+    warmopt.Measured(**V1, measure_every=3, prior_kurtosis=4.0),
+    warmopt.Measured(**V1, sample=7, measure_every=2, prior_kurtosis=4.0),
     warmopt.RAdamRectification(),
     warmopt.UntunedLinear(),
     warmopt.UntunedExponential(),
@@ -34,8 +42,8 @@ def test_fast_step_matches_reference(case: Case, mode: str, policy: warmopt.Warm
 @pytest.mark.parametrize(
     "policy",
     [
-        warmopt.Measured(),
-        warmopt.Measured(sample=7, measure_every=2, prior_kurtosis=4.0),  # gathered windows
+        warmopt.Measured(max_update=0.002),
+        warmopt.Measured(**V1, sample=7, measure_every=2, prior_kurtosis=4.0),  # windows
         warmopt.RAdamRectification(),
     ],
     ids=repr,
@@ -84,13 +92,14 @@ def _run_against_reference(case: Case, mode: str, policy: warmopt.WarmupPolicy) 
 
 
 def test_windows_of_non_contiguous_gradients_are_the_same_coordinates() -> None:
-    """A window is taken in the tensor's logical (row-major) order: a contiguous gradient (a view
-    into its storage) and a transposed-layout one with the same values (reshaped, then sliced)
-    give the same statistics and scales."""
+    """A window is taken in the tensor's logical (row-major) order, for the fresh ratio and the
+    relative step alike: a contiguous gradient (a view into its storage) and a transposed-layout
+    one with the same values (reshaped, then sliced) give the same statistics and scales."""
     gen = torch.Generator().manual_seed(0)
     a, b = twins([(12, 10), (40,)])
-    opt_a = warmopt.Adam(a, lr=1e-3, foreach=True, warmup=warmopt.Measured(sample=16))
-    opt_b = warmopt.Adam(b, lr=1e-3, foreach=True, warmup=warmopt.Measured(sample=16))
+    policy = warmopt.Measured(sample=16, max_update=0.001, confidence=True, drift=True)
+    opt_a = warmopt.Adam(a, lr=1e-3, foreach=True, warmup=policy)
+    opt_b = warmopt.Adam(b, lr=1e-3, foreach=True, warmup=policy)
     for t in range(1, 10):
         for pa, pb in zip(a, b):
             g = torch.randn(pa.shape, generator=gen) * (1 + 0.3 * t)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ._collect import Book, Warming
-from ._stats import Statistics
+from ._stats import POOLING, Statistics
 from .policies import WarmupPolicy
 
 __all__ = ["GRANULARITIES", "advance", "unit_index"]
@@ -65,7 +65,10 @@ def advance(
         skipped = found_inf.to(warming.home, torch.float32, non_blocking=True) > 0
     scale = warming.store(new, skipped)
     if not policy.spec.can_fall:
-        book.done_flag.publish((scale >= 1.0).all())
+        done = (scale >= 1.0).all()
+        if warming.paused is not None:  # a tensor without a gradient now is not done for it
+            done = done & (warming.paused >= 1.0).all()
+        book.done_flag.publish(done)
     return scale
 
 
@@ -90,13 +93,17 @@ def _pooled_update(
 
     pooled_stats = None
     if stats is not None:
-        valid = stats.valid
-        sums = {
-            f.name: reduce(getattr(stats, f.name) * valid, "sum")
-            for f in dataclasses.fields(stats)
-            if f.name != "valid"
-        }
-        pooled_stats = Statistics(**sums, valid=reduce(valid, "amax"))
+        fields = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
+        present = {k: v for k, v in fields.items() if v is not None}
+        pooled = {}
+        for name, value in present.items():
+            how = POOLING[name]
+            if how == "amax":
+                pooled[name] = reduce(value, "amax")
+            else:  # a sum over the tensors that count ("valid" or "leader")
+                weight = present.get(how)
+                pooled[name] = reduce(value if weight is None else value * weight, "sum")
+        pooled_stats = Statistics(**pooled)
     how = policy.spec.pooling
     state = {k: reduce(old[k], how.get(k, "amin")) for k in policy.state_init}
     scale, new = policy.update(

@@ -28,6 +28,7 @@ from torch.optim.adam import adam
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach, _get_scalar_dtype
 from torch.optim.rmsprop import rmsprop
 
+from . import _stats
 from ._device import split_to
 
 __all__ = [
@@ -179,6 +180,25 @@ class Algorithm:
         """Whether ``scaled_foreach`` can step this group (beyond ``own_foreach_ok``)."""
         return False
 
+    def update_sources(self, group: dict[str, Any], batch: GroupBatch) -> dict[str, list[Tensor]]:
+        """The state tensors the update at unit lr is computed from (besides the gradient and
+        the parameters), by the names :meth:`unit_update` reads, as real views."""
+        raise NotImplementedError
+
+    def needs_grad_average(self, group: dict[str, Any]) -> bool:
+        """Whether the measure stage keeps a running average of the gradients for this group
+        (``warmup_grad_avg``): the part of the step that keeps its direction, where the
+        algorithm keeps none of its own."""
+        return False
+
+    def unit_update(
+        self, group: dict[str, Any], g: Tensor, src: dict[str, Tensor], rows: dict[str, Tensor]
+    ) -> Tensor:
+        """The update torch is about to apply, at unit lr, for ``[rows, BLOCK]`` scratch copies
+        ``src`` of :meth:`update_sources` and the gradient ``g`` the moments are built from;
+        ``rows`` holds per-row factors (``bias1``, ``bias2``, ``avg_bias``, ``[rows, 1]``)."""
+        raise NotImplementedError
+
     def scaled_foreach(
         self, group: dict[str, Any], batch: GroupBatch, scale: Tensor, step: Tensor, host: bool
     ) -> None:
@@ -209,6 +229,24 @@ class _AdamAlgorithm(Algorithm):
 
     def beta(self, group: dict[str, Any]) -> float | Tensor:
         return group["betas"][1]  # type: ignore[no-any-return]
+
+    def update_sources(self, group: dict[str, Any], batch: GroupBatch) -> dict[str, list[Tensor]]:
+        out = {
+            "m": real_views(batch.buffers["exp_avgs"], batch.has_complex),
+            "v": real_views(batch.buffers["exp_avg_sqs"], batch.has_complex),
+        }
+        if group["amsgrad"]:
+            out["vmax"] = real_views(batch.buffers["max_exp_avg_sqs"], batch.has_complex)
+        return out
+
+    def unit_update(
+        self, group: dict[str, Any], g: Tensor, src: dict[str, Tensor], rows: dict[str, Tensor]
+    ) -> Tensor:
+        beta1, beta2 = (float(b) for b in group["betas"])
+        return _stats.adam_update_(
+            g, src["m"], src["v"], beta1=beta1, beta2=beta2, eps=float(group["eps"]),
+            bias1=rows["bias1"], bias2=rows["bias2"], vmax=src.get("vmax"),
+        )  # fmt: skip
 
     def init_group(self, opt: Optimizer, group: dict[str, Any]) -> GroupBatch:
         b = GroupBatch(
@@ -437,6 +475,27 @@ class _RMSpropAlgorithm(Algorithm):
 
     def beta(self, group: dict[str, Any]) -> float | Tensor:
         return group["alpha"]  # type: ignore[no-any-return]
+
+    def update_sources(self, group: dict[str, Any], batch: GroupBatch) -> dict[str, list[Tensor]]:
+        out = {"v": real_views(batch.buffers["square_avgs"], batch.has_complex)}
+        if group["centered"]:
+            out["ga"] = real_views(batch.buffers["grad_avgs"], batch.has_complex)
+        if group["momentum"] > 0:
+            out["num"] = real_views(batch.buffers["momentum_buffer_list"], batch.has_complex)
+        return out
+
+    def needs_grad_average(self, group: dict[str, Any]) -> bool:
+        return not group["momentum"] > 0
+
+    def unit_update(
+        self, group: dict[str, Any], g: Tensor, src: dict[str, Tensor], rows: dict[str, Tensor]
+    ) -> Tensor:
+        momentum = float(group["momentum"])
+        return _stats.rmsprop_update_(
+            g, src["v"], src["num"], alpha=float(group["alpha"]), eps=float(group["eps"]),
+            mode="momentum" if momentum > 0 else "average", momentum=momentum,
+            grad_avg=src.get("ga"), bias=rows.get("avg_bias"),
+        )  # fmt: skip
 
     def check_warmup_group(self, group: dict[str, Any]) -> None:
         if not 0.0 <= group["alpha"] < 1.0:

@@ -86,6 +86,9 @@ class Warming:
     _entries: dict[str, list[Tensor]]
     #: ``step`` on the host where a window is measured (sampling policies), else None
     host_steps: list[int] | None = None
+    #: the scales of tensors with warm-up state but no gradient in this step (None if there
+    #: are none): the warm-up is over only when they are 1 too
+    paused: Tensor | None = None
     _steps_cpu: Tensor | None = None
 
     def store(self, new: dict[str, Tensor], skipped: Tensor | None = None) -> Tensor:
@@ -282,6 +285,14 @@ def _warming(
     else:
         old = {k: stack_to(current[k], home) for k in keys}
     warming = Warming(params, counts, home, step, beta, old, flat, current)
+    if len(opt.state) > len(params):  # some tensors with state have no gradient now
+        stepping = set(map(id, params))
+        paused = [
+            st[names[0]] for q, st in opt.state.items()
+            if id(q) not in stepping and names[0] in st
+        ]  # fmt: skip
+        if paused:
+            warming.paused = stack_to(paused, home)
     if stacked.device.type == "cpu":
         warming._steps_cpu = stacked  # the step counts before this step, gathered on the CPU
     return warming
@@ -343,10 +354,11 @@ def fit_warmup_state(state: dict[Any, dict[str, Any]], policy: WarmupPolicy | No
     none: its warm-up state is created on its next step."""
     initial = {} if policy is None else {"scale": 0.0, **policy.initial_state()}
     wanted = {PREFIX + k for k in initial}
+    buffers = set() if policy is None else {PREFIX + k for k in policy.spec.buffers}
     for p, st in state.items():
         present = [k for k in st if isinstance(k, str) and k.startswith(PREFIX)]
         for key in present:
-            if key not in wanted:
+            if key not in wanted and key not in buffers:
                 del st[key]
         if not any(key in wanted for key in present):
             continue

@@ -30,13 +30,20 @@ import torch
 from torch import Tensor
 
 from . import _stats
-from ._algorithms import GroupBatch, real_views
+from ._algorithms import Algorithm, GroupBatch, real_views
 from ._collect import Warming
 from ._device import dtensor_type
 from ._stats import Statistics
 from .policies import MeasurementSpec
 
-__all__ = ["FLAT_MAX_NUMEL", "KEEP_FRACTION", "Layouts", "measure", "staggered"]
+__all__ = [
+    "FLAT_MAX_NUMEL", "GRAD_AVG_DECAY", "KEEP_FRACTION", "Layouts", "measure", "measure_update",
+    "staggered",
+]  # fmt: skip
+
+#: Decay of the running average of the gradients kept where the algorithm keeps none (RMSprop
+#: without momentum): Adam's default beta1.
+GRAD_AVG_DECAY = 0.9
 
 #: A pass keeps its work buffers from step to step while they hold at most this fraction of the
 #: elements of the tensors it measures (no parameter-sized buffer is kept: for models of many
@@ -136,6 +143,27 @@ class Layouts:
             work = [torch.empty(shape, dtype=dtype, device=device) for _ in range(buffers)]
         laid = _Pass(list(lengths), pads, rows, where, work)
         return self._remember(self._passes, key, laid)  # type: ignore[no-any-return]
+
+    def update_pass(
+        self, device: torch.device, home: torch.device, picked: list[int], lengths: list[int],
+        n: int,
+    ) -> _Pass:  # fmt: skip
+        """The layout (rows, pads, positions) of a pass of the relative-step measurement."""
+        key = ("update", device, home, tuple(picked), tuple(lengths), n)
+        got = self._passes.get(key)
+        if got is not None:
+            self._passes.move_to_end(key)
+            return got
+        zeros = self._zeros.get(device)
+        if zeros is None:
+            zeros = self._zeros[device] = torch.zeros(_stats.BLOCK, device=device)
+        pads = [zeros[: -k % _stats.BLOCK] if k % _stats.BLOCK else None for k in lengths]
+        rows = torch.tensor(
+            [i for i, k in enumerate(lengths) for _ in range(-(-k // _stats.BLOCK))],
+            dtype=torch.long,
+        ).to(device)
+        where = None if picked == list(range(n)) else torch.tensor(picked).to(home)
+        return self._remember(self._passes, key, _Pass(list(lengths), pads, rows, where, []))  # type: ignore[no-any-return]
 
     def vector(self, key: Any, values: list[float], home: torch.device) -> Tensor:
         """A float32 vector of host ``values`` on ``home``, made once per ``key``."""
@@ -391,3 +419,154 @@ def _sum_over_shards(sums: dict[str, Tensor], like: list[Tensor | None]) -> dict
         total = dtensor.from_local(local, mesh, reduce, run_check=False)  # type: ignore[union-attr]
         stacked = stacked.index_copy(0, sel, total.full_tensor())
     return dict(zip(names, stacked.unbind(1)))
+
+
+# ------------------------------------------------------------------ the relative step
+
+
+def measure_update(
+    algorithm: Algorithm,
+    groups: list[dict[str, Any]],
+    batches: list[GroupBatch],
+    warming: Warming,
+    window: int | None,
+    grad_scale: Tensor | None,
+    state: dict[Any, dict[str, Any]],
+    layouts: Layouts,
+    vectors_lead: bool = False,
+) -> Statistics:
+    """The size of the step torch is about to take, at full ``lr``, against the parameters.
+
+    For every tensor of ``warming``, on its first ``window`` real coordinates (all of them if it
+    has fewer, or with ``window=None``; an FSDP2 shard's first ones on each rank): the sums
+    ``step_sq`` of ``(lr d)^2`` and ``param_sq`` of ``p^2``, with ``d`` the update at unit lr
+    computed ahead of torch from this step's gradient and the moments before it
+    (``Algorithm.unit_update``), and the ``leader`` flag (the tensor has at least two dimensions,
+    or any with ``vectors_lead``, and a non-zero ``param_sq``; the sums of the others are 0). One flat pass per param group
+    and device (the update's constants are the group's), a fixed number of kernels whatever the
+    number and shapes of the tensors. Where the algorithm keeps no running average of the
+    gradients (RMSprop without momentum) this stage keeps one on the window, in
+    ``state[p]["warmup_grad_avg"]``: the only state it writes.
+    """
+    home, step = warming.home, warming.step
+    n = len(step)
+    dtensor = dtensor_type()
+    inv_gs = None if grad_scale is None else grad_scale.to(torch.float32).reciprocal().reshape(())
+    counts = [len(b.params) for b in batches]
+    lr2 = _group_vector([g["lr"] for g in groups], counts, home).square()
+    step_sq = torch.zeros(n, dtype=torch.float32, device=home)
+    param_sq = torch.zeros(n, dtype=torch.float32, device=home)
+    static: list[float] = []
+    shards: list[Tensor | None] = []
+    offset = 0
+    for group, batch in zip(groups, batches):
+        k = len(batch.params)
+        if not k:
+            continue
+        static += [float(vectors_lead or p.dim() >= 2) for p in batch.params]
+        grads = real_views(batch.grads, batch.has_complex)
+        params = real_views(batch.params, batch.has_complex)
+        src = algorithm.update_sources(group, batch)
+        averaged = algorithm.needs_grad_average(group)
+        if averaged:
+            src["num"] = _grad_averages(state, batch.params, params, window)
+        sharded = dtensor is not None and any(isinstance(p, dtensor) for p in params)
+        if sharded:
+            shards += [p if isinstance(p, dtensor) else None for p in batch.params]
+            grads, params = _locals(grads), _locals(params)
+            src = {name: _locals(ts) for name, ts in src.items()}
+        else:
+            shards += [None] * k
+        lengths = [t.numel() if window is None else min(t.numel(), window) for t in grads]
+        buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, g in enumerate(grads):
+            dtype = torch.float64 if g.dtype == torch.float64 else torch.float32
+            buckets.setdefault((g.device, dtype), []).append(i)
+        for (device, dtype), idx in buckets.items():
+            layout = layouts.update_pass(device, home, [offset + i for i in idx],
+                                         [lengths[i] for i in idx], n)  # fmt: skip
+
+            def pack(ts: list[Tensor], idx: list[int] = idx, layout: Any = layout) -> Tensor:
+                pieces = [_flat(ts[i])[: lengths[i]] for i in idx]
+                return _stats.pack_blocks(pieces, layout.pads).to(dtype)
+
+            g = pack(grads)
+            p = pack(params)
+            packed = {name: pack(ts) for name, ts in src.items()}
+            if group.get("maximize", False):
+                g.neg_()
+            if inv_gs is not None:
+                g.mul_(inv_gs.to(device, dtype))
+            decay = algorithm.coupled_decay(group)
+            if decay != 0.0:  # torch adds weight_decay * p after maximize negates
+                g.add_(p, alpha=abs(decay))
+            t = step if layout.where is None else step[layout.where]
+            t = t.to(device, dtype, non_blocking=True)
+            per_row: dict[str, Tensor] = {}
+            if algorithm.bias_corrected:
+                beta1, beta2 = (float(b) for b in group["betas"])
+                per_row["bias1"] = (1 - beta1**t)[layout.rows].unsqueeze(1)
+                per_row["bias2"] = (1 - beta2**t)[layout.rows].unsqueeze(1)
+            if averaged:
+                per_row["avg_bias"] = (1 - GRAD_AVG_DECAY**t)[layout.rows].unsqueeze(1)
+                packed["num"].lerp_(g, 1 - GRAD_AVG_DECAY)
+                _unpack_into(src["num"], packed["num"], idx, lengths)
+            d = algorithm.unit_update(group, g, packed, per_row)
+            sums = _stats.segment_sums(_stats.update_row_sums(d, p), layout.rows, len(idx))
+            where = torch.tensor([offset + i for i in idx], device=home)
+            step_sq.index_copy_(0, where, sums["step_sq"].to(home, non_blocking=True))
+            param_sq.index_copy_(0, where, sums["param_sq"].to(home, non_blocking=True))
+        offset += k
+    got = {"step_sq": step_sq, "param_sq": param_sq}
+    if any(s is not None for s in shards):
+        got = _sum_over_shards(got, shards)
+    leader = layouts.vector(("leader", tuple(static)), static, home) * (got["param_sq"] > 0)
+    return Statistics(
+        step_sq=got["step_sq"] * lr2.float() * leader, param_sq=got["param_sq"] * leader,
+        leader=leader,
+    )  # fmt: skip
+
+
+def _group_vector(values: list[Any], counts: list[int], home: torch.device) -> Tensor:
+    """One float64 entry per tensor from one value (a float or a tensor) per group."""
+    if all(not isinstance(v, Tensor) for v in values):
+        flat = [float(v) for v, k in zip(values, counts) for _ in range(k)]
+        return torch.tensor(flat, dtype=torch.float64).to(home, non_blocking=True)
+    parts = [torch.as_tensor(v).reshape(()).to(home, torch.float64).expand(k)
+             for v, k in zip(values, counts) if k]  # fmt: skip
+    return torch.cat(parts)
+
+
+def _locals(ts: list[Tensor]) -> list[Tensor]:
+    """This rank's shards of DTensors (FSDP2 parameters); other tensors as they are."""
+    dtensor = dtensor_type()
+    return [t.to_local() if dtensor is not None and isinstance(t, dtensor) else t for t in ts]  # type: ignore[attr-defined]
+
+
+def _grad_averages(
+    state: dict[Any, dict[str, Any]], params: list[Tensor], reals: list[Tensor], window: int | None
+) -> list[Tensor]:
+    """Each tensor's ``warmup_grad_avg`` (made at zero on its first use: window-sized, never
+    parameter-sized unless ``window`` is None), laid out like the tensor's first coordinates."""
+    dtensor = dtensor_type()
+    out = []
+    for p, real in zip(params, reals):
+        local = real.to_local() if dtensor is not None and isinstance(real, dtensor) else real  # type: ignore[attr-defined]
+        size = local.numel() if window is None else min(local.numel(), window)
+        st = state[p]
+        buf = st.get("warmup_grad_avg")
+        dtype = torch.float64 if local.dtype == torch.float64 else torch.float32
+        if not isinstance(buf, Tensor) or buf.numel() != size or buf.device != local.device:
+            buf = st["warmup_grad_avg"] = torch.zeros(size, dtype=dtype, device=local.device)
+        out.append(buf)
+    return out
+
+
+def _unpack_into(targets: list[Tensor], packed: Tensor, idx: list[int], lengths: list[int]) -> None:
+    """Copy each tensor's rows of ``packed`` back into its target (one foreach copy)."""
+    flat = packed.view(-1)
+    views, starts = [], 0
+    for i in idx:
+        views.append(flat[starts : starts + lengths[i]])
+        starts += -(-lengths[i] // _stats.BLOCK) * _stats.BLOCK
+    torch._foreach_copy_([targets[i] for i in idx], views)

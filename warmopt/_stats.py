@@ -30,7 +30,9 @@ __all__ = [
     "BLOCK",
     "pack_blocks",
     "fresh_ratio_row_sums",
+    "update_row_sums",
     "segment_sums",
+    "POOLING",
 ]
 
 # Denominator floor for g^2 / v̂: keeps 0/0 (a coordinate that has never seen a gradient and
@@ -42,6 +44,11 @@ _TINY = 1e-30
 class Statistics:
     """What the optimizer measured this step, per unit (1-D float32, same device).
 
+    Two measurements, each present when the policy's :class:`~warmopt.policies.MeasurementSpec`
+    asks for it (``None`` otherwise).
+
+    The fresh ratio (``spec.fresh_ratio``):
+
     Attributes:
         sum_r: sum over coordinates of the fresh ratio ``g_t^2 / v̂_{t-1}`` (capped, see
             :func:`fresh_ratio_sums`).
@@ -49,12 +56,43 @@ class Statistics:
         count: number of real coordinates summed (``numel``; twice that for complex tensors).
         valid: 1.0 where the measurement counts (``step >= 2``: at ``step = 1`` there is no
             ``v̂_{t-1}`` to compare with; also 0 on a GradScaler step with inf/NaN gradients).
+
+    The relative step (``spec.update``), on each tensor's first ``spec.update_window``
+    coordinates (:func:`update_row_sums`):
+
+    Attributes:
+        step_sq: sum of the squares of the update torch is about to apply at the group's full
+            ``lr`` (``lr * d`` per coordinate).
+        param_sq: sum of the squares of the parameters before the update.
+        leader: 1.0 for a tensor whose relative step is measured against its own size (at least
+            two dimensions and a non-zero ``param_sq``), 0.0 for the others (vectors, scalars,
+            tensors at zero), whose two sums are 0.
     """
 
-    sum_r: Tensor
-    sum_r2: Tensor
-    count: Tensor
-    valid: Tensor
+    sum_r: Tensor | None = None
+    sum_r2: Tensor | None = None
+    count: Tensor | None = None
+    valid: Tensor | None = None
+    step_sq: Tensor | None = None
+    param_sq: Tensor | None = None
+    leader: Tensor | None = None
+
+    def merged(self, other: Statistics) -> Statistics:
+        """The fields of both (``other``'s where both have one)."""
+        return Statistics(**{**_present(self), **_present(other)})
+
+
+def _present(stats: Statistics) -> dict[str, Tensor]:
+    return {k: v for k, v in vars(stats).items() if v is not None}
+
+
+#: How each field of :class:`Statistics` pools over the tensors of a unit (group/global
+#: granularity): the sums add up (over the tensors that count: ``valid`` for the fresh ratio,
+#: ``leader`` for the relative step), the flags are set if any tensor's is.
+POOLING = {
+    "sum_r": "valid", "sum_r2": "valid", "count": "valid", "valid": "amax",
+    "step_sq": "leader", "param_sq": "leader", "leader": "amax",
+}  # fmt: skip
 
 
 def _floating(step: Tensor) -> Tensor:
@@ -197,6 +235,82 @@ def fresh_ratio_row_sums(
 
 #: how each row sum of fresh_ratio_row_sums becomes a Statistics field: times b ** power
 SUM_POWERS = {"sum_r": 1, "sum_r2": 2}
+
+
+def update_row_sums(
+    d: Tensor, p: Tensor
+) -> dict[str, Tensor]:
+    r"""Row sums of :math:`d^2` and :math:`p^2` (``[rows, BLOCK]`` matrices: the unit-lr update
+    and the parameters, zero padded): ``step_sq`` before its factor :math:`\mathrm{lr}^2`, and
+    ``param_sq``."""
+    return {
+        "step_sq": torch.linalg.vector_norm(d, 2, dim=1).square(),
+        "param_sq": torch.linalg.vector_norm(p, 2, dim=1).square(),
+    }
+
+
+def adam_update_(
+    g: Tensor,
+    m: Tensor,
+    v: Tensor,
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    bias1: Tensor,
+    bias2: Tensor,
+    vmax: Tensor | None = None,
+) -> Tensor:
+    r"""Adam's update at unit learning rate, computed ahead of torch, in place in ``m``.
+
+    ``g`` is the gradient torch's moments are built from (sign, loss scale and coupled decay
+    applied), ``m``, ``v`` (and ``vmax`` for amsgrad) the moments *before* this step
+    (``[rows, BLOCK]`` scratch copies, overwritten); ``bias1``, ``bias2`` hold
+    :math:`1-\beta_1^t` and :math:`1-\beta_2^t` per row (``[rows, 1]``):
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g,\quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g^2,
+        \quad d = \frac{m_t/(1-\beta_1^t)}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon}.
+    """
+    m.lerp_(g, 1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    if vmax is not None:
+        torch.maximum(vmax, v, out=v)
+    den = v.div_(bias2).sqrt_().add_(eps)
+    return m.div_(bias1).div_(den)
+
+
+def rmsprop_update_(
+    g: Tensor,
+    v: Tensor,
+    num: Tensor,
+    *,
+    alpha: float,
+    eps: float,
+    mode: str,
+    momentum: float = 0.0,
+    grad_avg: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
+    r"""RMSprop's update at unit learning rate, ahead of torch, in place in ``num``.
+
+    ``v`` holds ``square_avg`` before this step (scratch); torch's denominator is
+    :math:`\sqrt{v_t} + \epsilon` with :math:`v_t = \alpha v_{t-1} + (1-\alpha) g^2` (no bias
+    correction), centred :math:`\sqrt{v_t - a_t^2} + \epsilon` with ``grad_avg``'s
+    :math:`a_t = \alpha a_{t-1} + (1-\alpha) g`. ``mode`` says what the numerator ``num``
+    holds: ``"average"`` -- warmopt's running average :math:`\bar g_t` of the gradients,
+    already updated, divided here by ``bias`` (:math:`1 - 0.9^t` per row); ``"momentum"`` --
+    torch's momentum buffer before this step, giving :math:`\mu b + g/\mathrm{den}`.
+    """
+    v.mul_(alpha).addcmul_(g, g, value=1 - alpha)
+    if grad_avg is not None:
+        grad_avg.lerp_(g, 1 - alpha)
+        v.addcmul_(grad_avg, grad_avg, value=-1)
+    den = v.sqrt_().add_(eps)
+    if mode == "momentum":
+        return num.mul_(momentum).addcdiv_(g, den)
+    assert bias is not None
+    return num.div_(bias).div_(den)
 
 
 def fresh_ratio_sums(

@@ -36,7 +36,8 @@ from ._algorithms import ALGORITHMS, Algorithm, fill_in_as_torch
 from ._apply import apply
 from ._collect import PREFIX, Book, collect, fit_warmup_state
 from ._device import device_path_on_cpu, stack_to
-from ._measure import Layouts, measure
+from ._measure import Layouts, measure, measure_update
+from ._stats import Statistics
 from .policies import WarmupPolicy, resolve_policy
 
 __all__ = ["WarmupOptimizer", "GRANULARITIES"]
@@ -301,17 +302,27 @@ class WarmupOptimizer(Optimizer):
             stats = None
             if spec.statistics and warming.params:
                 # 2. measure: the statistics of every tensor, one flat pass per device
-                stats = measure(
-                    got.batches,
-                    [self._algorithm.coupled_decay(g) for g in self.param_groups],
-                    warming,
-                    spec,
-                    self._numbers(warming.params) if spec.every > 1 else [],
-                    self._book.calls,
-                    grad_scale,
-                    found_inf,
-                    self._layouts,
-                )
+                stats = Statistics()
+                if spec.fresh_ratio:
+                    stats = measure(
+                        got.batches,
+                        [self._algorithm.coupled_decay(g) for g in self.param_groups],
+                        warming,
+                        spec,
+                        self._numbers(warming.params) if spec.every > 1 else [],
+                        self._book.calls,
+                        grad_scale,
+                        found_inf,
+                        self._layouts,
+                    )
+                if spec.update:
+                    stats = stats.merged(
+                        measure_update(
+                            self._algorithm, self.param_groups, got.batches, warming,
+                            spec.update_window, grad_scale, self.state, self._layouts,
+                            spec.vectors_lead,
+                        )
+                    )  # fmt: skip
             if warming.params:
                 self._book.calls += 1
             # 3. advance: the policy once for all tensors; the new numbers into the state

@@ -59,6 +59,14 @@ class MeasurementSpec:
             statistics' sums by ``sum``).
         summary: the changing numbers :func:`warmopt.warmup_summary` reports (their medians),
             under their own names.
+        fresh_ratio: whether the statistics include the fresh-ratio sums (``sum_r`` ...), on
+            windows of ``sample`` coordinates that sweep each tensor.
+        update: whether they include the relative step (``step_sq``, ``param_sq``, ``leader``),
+            on each tensor's first ``update_window`` coordinates (all with ``None``).
+        vectors_lead: measure vectors and scalars against their own norm too (else only tensors
+            of two or more dimensions lead, and the policy decides what the others do).
+        buffers: window-sized state the measure stage keeps under ``warmup_<name>`` (kept when
+            a checkpoint is loaded).
     """
 
     statistics: bool = False
@@ -67,6 +75,11 @@ class MeasurementSpec:
     can_fall: bool = False
     pooling: dict[str, str] = field(default_factory=dict)
     summary: tuple[str, ...] = ()
+    fresh_ratio: bool = True
+    update: bool = False
+    update_window: int | None = None
+    vectors_lead: bool = False
+    buffers: tuple[str, ...] = ()
 
 
 class WarmupPolicy:
@@ -124,120 +137,117 @@ class WarmupPolicy:
 
 @dataclass(frozen=True)
 class Measured(WarmupPolicy):
-    r"""The default: scale the step by how well the second-moment estimate is determined.
+    r"""The default: hold each tensor's step to ``max_update`` of its size until it is safe.
 
-    Per unit (parameter tensor by default) the policy keeps an estimate :math:`K` of the excess
-    kurtosis :math:`\kappa - 1` of :math:`g^2` and a drift estimate :math:`D`, both measured
-    from the fresh ratio :math:`r = g_t^2/\hat v_{t-1}` (see
-    :func:`warmopt._stats.fresh_ratio_sums`). The scale is a *confidence* :math:`c_t`, set by
-    the sampling error of the adaptive step size :math:`\psi = 1/\sqrt{\hat v_t}`, times a
-    *drift correction* :math:`d_t` for the part of :math:`\hat v_t` that lags behind growing
-    gradients:
+    Before each update the optimizer measures, per parameter tensor, the step torch is about to
+    apply at the group's full learning rate, relative to the tensor (on its first ``sample``
+    coordinates, see :func:`warmopt._measure.measure_update`):
 
     .. math::
-        e_t = \tfrac12\sqrt{K_t / n_\mathrm{eff}(t)},\qquad
-        e^\star = \max\bigl(\mathrm{tol},\
-            \sqrt2\cdot\tfrac12\sqrt{K_t/n_\mathrm{eff}(\infty)}\bigr),
-        \qquad c_t = \max\bigl(c_{t-1},\ \min(1,\ e^\star/e_t)\bigr),
+        \hat u_t = \frac{\lVert \mathrm{lr}\cdot d_t \rVert}{\lVert p_{t-1} \rVert},\qquad
+        c_t = \min\Bigl(1,\ \frac{U}{\hat u_t}\Bigr),\qquad s_t = \max(s_{t-1},\ c_t),
 
-    .. math::
-        d_t = \min\Bigl(1,\ (1+\mathrm{tol})\sqrt{\frac{1 + w_t\,\delta_t}{1 + \delta_t}}\Bigr),
-        \qquad s_t = c_t\,d_t.
+    with :math:`d_t = \hat m_t/(\sqrt{\hat v_t} + \epsilon)` for Adam/AdamW (this step's moments,
+    ``amsgrad``, ``maximize``, coupled decay and a GradScaler's scale as torch applies them) and
+    :math:`d_t = \bar g_t/(\sqrt{v_t} + \epsilon)` for RMSprop (torch's own denominator, without
+    bias correction, so its 10x first step is measured as it is; :math:`\bar g_t` the average of
+    the gradients at rate 0.9, or the momentum buffer with ``momentum > 0``: the part of the
+    step that keeps its direction). :math:`U` = ``max_update``.
 
-    * :math:`n_\mathrm{eff}(t) = (1+\beta)(1-\beta^t)/((1-\beta)(1+\beta^t))`: how many effective
-      samples :math:`\hat v_t` rests on;
-      :math:`\mathrm{RSE}(\hat v_t)^2 = (\kappa-1)/n_\mathrm{eff}`
-      and, by the delta method, :math:`\mathrm{RSE}(\psi) = \tfrac12\mathrm{RSE}(\hat v)`.
-    * :math:`K_t`: the mean of the per-step relative variance of :math:`r` across the tensor's
-      :math:`N` coordinates, :math:`\frac{N}{N-1}(\overline{r^2}/\bar r^2 - 1)` (for a single
-      coordinate :math:`(r-1)^2`), weighted by the sample size :math:`n_\mathrm{eff}(t-1)` each
-      measurement rests on, with the prior ``prior_kurtosis`` (:math:`K_0`) counted as one sample.
-      Heavy tails (:math:`K` large) need more samples; light tails fewer.
-    * :math:`K_0` sets the first steps, before anything is measured: :math:`c_1 =
-      2\,\mathrm{tol}/\sqrt{K_0}` (0.035 by default; the floor of :math:`e^\star` below raises
-      it to 0.1 at :math:`\beta = 0.99`). It is deliberately pessimistic. The spread
-      measured in the first steps, while the parameters have barely moved, understates the
-      variation that the updates themselves will cause (across the 77 tensors of the quality
-      benchmark: median :math:`K` 1.5 at step 5, 3.5 at step 20, ``python -m
-      benchmarks.kurtosis_growth``), and the first updates are the
-      ones that break training at a high ``lr``. The measurements outweigh the prior within a
-      few steps (weights :math:`n_\mathrm{eff}(t-1)` against 1).
-    * :math:`\delta_t`: the relative under-estimate of :math:`E[g_t^2]` by :math:`\hat v_{t-1}`
-      when gradients grow faster than the EMA follows. :math:`D_t` is an EMA (rate 0.9) of
-      :math:`\bar r - 1 - K_t/n_\mathrm{eff}(t-1)` (the mean fresh ratio minus what sampling noise
-      alone explains), and :math:`\delta_t = \max(0, D_t - 2\sigma_D)` counts it only where it is
-      significant, :math:`\sigma_D^2 = \frac{K_t}{N}\frac{1-0.9}{1+0.9}` for a unit of :math:`N`
-      coordinates. A lag is a bias, not noise: it is corrected, not waited out. With
-      :math:`w_t = (1-\beta)/(1-\beta^t)` the weight of the newest sample,
-      :math:`E[\hat v_t] = (1 + w_t\delta_t)\,\hat v_{t-1}` while the gradients' second moment is
-      :math:`(1+\delta_t)\,\hat v_{t-1}`, so :math:`\psi` is
-      :math:`\sqrt{(1+\delta_t)/(1+w_t\delta_t)}` too large and :math:`d_t` undoes all of that
-      beyond the tolerance ``tol`` (the per-step correction of StableAdamW's update clipping,
-      from a significance-filtered signal). :math:`d_t` may fall and rise; :math:`c_t` only
-      rises.
-    * :math:`e^\star`: the tolerance, floored at :math:`\sqrt2` times the error the estimate
-      reaches for :math:`t\to\infty`, so the warm-up ends even when heavy tails and a small
-      :math:`\beta` keep :math:`\hat v` imprecise forever (it then ends when
-      :math:`n_\mathrm{eff} = n_\mathrm{eff}(\infty)/2`).
-    * RMSprop (``bias_corrected=False``): its ``square_avg`` is :math:`(1-\alpha^t)\hat v_t`, so
-      its raw step is :math:`1/\sqrt{1-\alpha^t}` too large (10x at step 1). The applied scale is
-      :math:`s_t\sqrt{1-\alpha^t}`, which removes that bias exactly.
+    * **It knows the learning rate.** :math:`\hat u_t \propto \mathrm{lr}`: where the full step
+      is already smaller than :math:`U` the scale is 1 from the first step (no step is lost);
+      at a large ``lr`` it starts at :math:`U/\hat u_1` and rises as the step shrinks, for as
+      long as that takes -- a learning rate that stays too large keeps the scale below 1.
+    * **It sees the statistics settle.** On the first step :math:`d = \mathrm{sign}(g)`, the
+      largest a step can be (every coordinate moves by ``lr``); as :math:`\hat m` averages over
+      steps its noise cancels and as :math:`\hat v` gathers samples the step shrinks. A
+      :math:`\hat v` resting on few samples, heavy tails and a :math:`\hat v` lagging growing
+      gradients all show up as a large :math:`\hat u`.
+    * **Vectors follow the matrices.** Biases, normalisation gains, scalars and tensors at zero
+      have no size to measure a step against (a bias that starts at 0 would read every step as
+      a 100 % change); with ``follow_vectors`` (default) they take the median :math:`c_t` of the
+      tensors that lead (at least two dimensions, non-zero), 1 if there are none.
+    * **It never falls** (unless ``rewarm``): the running maximum makes the scale a ramp, so a
+      stationary stream -- heavy-tailed or spiky gradients -- cannot lower it, and the warm-up
+      ends the first time every scale is 1; from then on the step is torch's own.
 
-    The warm-up of a unit ends when :math:`s_t = 1` (confidence 1, no significant drift); once
-    every unit is there the optimizer stops measuring and steps exactly as torch.
-    For stationary Gaussian gradients :math:`K \to 2` and
-    :math:`c_t \approx 2\,\mathrm{tol}\sqrt{n_\mathrm{eff}(t)/2}`, reaching 1 at
-    :math:`n_\mathrm{eff} = 1/(2\,\mathrm{tol}^2)` (50 steps by default).
+    :math:`U = 0.02` was chosen on the benchmark's tuning tasks (``python -m
+    benchmarks.quality --split tuning``; 0.01 and 0.03 are its ablations) and is of the order of
+    AdamW's equilibrium angular update :math:`\sqrt{2\,\mathrm{lr}\cdot\mathrm{wd}}` at common
+    settings (0.014 at lr 1e-3, wd 0.1). The derivation and the evidence are in
+    ``docs/warmup.md``.
+
+    Two further factors of the earlier policy are kept as options (both off by default; with
+    ``max_update=None, confidence=True, drift=True`` the policy is that earlier one, whose
+    scale does not depend on the learning rate):
+
+    * ``confidence``: :math:`s_t \le c^\mathrm{prec}_t = \max\bigl(c^\mathrm{prec}_{t-1},
+      \min(1, e^\star/e_t)\bigr)`, the share of the step whose sampling error stays within
+      ``tol``: :math:`e_t = \tfrac12\sqrt{K_t/n_\mathrm{eff}(t)}` with
+      :math:`n_\mathrm{eff}(t) = (1+\beta)(1-\beta^t)/((1-\beta)(1+\beta^t))` effective samples and
+      :math:`K_t` the measured excess kurtosis of :math:`g^2` (from the spread of the fresh ratio
+      :math:`r = g_t^2/\hat v_{t-1}` across the tensor, averaged over steps with weights
+      :math:`n_\mathrm{eff}(t-1)`, the prior ``prior_kurtosis`` counted as one sample),
+      :math:`e^\star = \max(\mathrm{tol},\ \sqrt2\cdot\tfrac12\sqrt{K_t/n_\mathrm{eff}(\infty)})`.
+    * ``drift``: :math:`s_t \mathrel{*}= \min\bigl(1, (1+\mathrm{tol})\sqrt{(1+w_t\delta_t)/
+      (1+\delta_t)}\bigr)`, the correction of a :math:`\hat v` that lags growing gradients:
+      :math:`\delta_t = \max(0, D_t - 2\sigma_D)` with :math:`D_t` an EMA (0.9) of
+      :math:`\bar r - 1 - K_t/n_\mathrm{eff}(t-1)` and :math:`\sigma_D^2 = \max(K_t/N,\ V_t)
+      \cdot 0.1/1.9`, :math:`V_t` the EMA of the squared deviations of that excess from
+      :math:`D_{t-1}` -- its measured fluctuation, so that a heavy-tailed outlier (whose
+      kurtosis is not finite) does not count as lag; :math:`w_t = (1-\beta)/(1-\beta^t)`.
+    * With ``max_update=None`` on RMSprop the scale carries :math:`\sqrt{1-\alpha^t}`, which
+      removes its missing bias correction (with ``max_update`` that inflated step is measured).
 
     Args:
-        tol (float, optional): tolerated relative error of the adaptive step size
-            :math:`1/\sqrt{\hat v}`, e.g. 0.1 = 10 % (default: 0.1). Must be > 0.
-        rewarm (bool, optional): let the confidence fall again when the estimate goes stale and
-            rise as it recovers; the statistics are then measured on every step (default: False).
-        drift (bool, optional): apply the drift correction :math:`d_t` (default: True; ``False``
-            is an ablation).
-        kurtosis (bool, optional): measure :math:`K`; ``False`` fixes it at the Gaussian 2, which
-            makes the confidence a function of the step count only, like RAdam (an ablation).
-        prior_kurtosis (float, optional): :math:`K_0`, the excess kurtosis assumed before the
-            first measurement, with the weight of one sample (default: 32). Must be > 0.
-        measure_every (int, optional): measure each tensor's statistics on every ``k``-th call
-            of ``step()`` while warming, staggered: tensor number ``j`` (in ``param_groups``
-            order, from 0) on the calls ``c`` with ``c = j + 2 (mod k)`` (counting from 1), so
-            every call measures about ``1/k`` of the tensors and the warming steps cost the
-            same; the scale still advances every step from the latest :math:`K` and :math:`D`
-            (default: 1, every tensor on every step). A tensor's first measurement may then
-            wait up to ``k - 1`` calls, on the prior's cautious scale. With ``k > 1`` a resumed
-            run restarts the call count, so resume is exact only for ``k = 1``.
-        sample (int or None, optional): measure at most this many real coordinates of each
-            parameter tensor per measured step: a contiguous window of the flattened tensor,
-            chosen by the tensor's step count so that consecutive measurements take consecutive
-            windows and sweep the tensor (``_stats.window_starts``; a resumed run measures the
-            same windows). :math:`N` above is then the window size: the sampling error of
-            the window mean, :math:`\sqrt{K/N}` relative (2.2 % for :math:`K = 2`,
-            :math:`N = 4096`), is below ``tol`` and is what the drift's significance test
-            :math:`\sigma_D` allows for; the statistics then read at most
-            ``sample`` coordinates per tensor (a view, or a gather on accelerators) instead of
-            all of them. Tensors of FSDP2 (DTensor) parameters are measured whole on each
-            rank's shard. ``None`` measures every coordinate (default: 4096).
+        max_update (float or None, optional): :math:`U`, the largest step, relative to the
+            tensor's size, taken while warming (default: 0.02). ``None`` drops the cap (then
+            ``confidence`` or ``drift`` must be on).
+        follow_vectors (bool, optional): vectors, scalars and tensors at zero take the median
+            scale of the tensors with at least two dimensions (default: True; ``False`` measures
+            them against their own size, an ablation).
+        confidence (bool, optional): also limit the scale by the sampling error of
+            :math:`1/\sqrt{\hat v}` (default: False).
+        drift (bool, optional): also correct a lagging :math:`\hat v` (default: False).
+        tol (float, optional): tolerated relative error of :math:`1/\sqrt{\hat v}` for
+            ``confidence`` and ``drift`` (default: 0.1). Must be > 0.
+        rewarm (bool, optional): let the scale fall again (no running maximum); the statistics are
+            then measured on every step (default: False).
+        kurtosis (bool, optional): measure :math:`K`; ``False`` fixes it at the Gaussian 2
+            (default: True).
+        prior_kurtosis (float, optional): :math:`K_0`, assumed before the first fresh-ratio
+            measurement, with the weight of one sample (default: 32). Must be > 0.
+        measure_every (int, optional): measure the fresh-ratio statistics of each tensor on every
+            ``k``-th warming call of ``step()``, staggered across tensors (tensor number ``j`` on
+            the calls ``c = j + 2 (mod k)``); the relative step is measured on every call
+            (default: 1).
+        sample (int or None, optional): measure at most this many real coordinates per tensor:
+            the first ones for the relative step, a window that sweeps the tensor (chosen by its
+            step count) for the fresh ratio (default: 4096). ``None`` measures all of them.
 
     Example:
         >>> import torch, warmopt
-        >>> w = torch.nn.Parameter(torch.zeros(3))
-        >>> opt = warmopt.Adam([w], lr=1e-3, warmup=warmopt.Measured(tol=0.1))
-        >>> w.grad = torch.ones(3); opt.step()
-        >>> round(float(opt.warmup_scale[0][0]), 4)
-        0.0354
+        >>> w = torch.nn.Parameter(torch.full((4, 4), 0.05))
+        >>> opt = warmopt.Adam([w], lr=0.01, warmup=warmopt.Measured(max_update=0.02))
+        >>> w.grad = torch.ones(4, 4); opt.step()   # first step: every weight moves by lr
+        >>> round(float(opt.warmup_scale[0][0]), 4)  # 0.02 * 0.05 / 0.01
+        0.1
 
     References:
-        Kish, Survey Sampling (1965), effective sample size. Liu et al., On the Variance of the
-        Adaptive Learning Rate and Beyond, ICLR 2020. Wortsman et al., Stable and low-precision
-        training for large-scale vision-language models, NeurIPS 2023 (``g^2/v̂`` as staleness,
-        update clipping).
+        Kosson, Messmer & Jaggi, Analyzing & Reducing the Need for Learning Rate Warmup in GPT
+        Training, NeurIPS 2024 (angular updates). You et al., Large Batch Optimization for Deep
+        Learning: Training BERT in 76 minutes, ICLR 2020 (a trust ratio per tensor). Liu et al.,
+        On the Variance of the Adaptive Learning Rate and Beyond, ICLR 2020. Kish, Survey Sampling
+        (1965), effective sample size. Wortsman et al., Stable and low-precision training for
+        large-scale vision-language models, NeurIPS 2023 (``g^2/v̂`` as staleness).
     """
 
+    max_update: float | None = 0.02
+    follow_vectors: bool = True
+    confidence: bool = False
+    drift: bool = False
     tol: float = 0.1
     rewarm: bool = False
-    drift: bool = True
     kurtosis: bool = True
     prior_kurtosis: float = 32.0
     measure_every: int = 1
@@ -246,10 +256,13 @@ class Measured(WarmupPolicy):
     name: ClassVar[str] = "measured"
     needs_statistics: ClassVar[bool] = True
     state_init: ClassVar[dict[str, float]] = {
+        "cap": 0.0,
+        "update_ratio": 0.0,
         "confidence": 0.0,
         "kurtosis": 32.0,
         "evidence": 1.0,
         "drift": 0.0,
+        "drift_var": 0.0,
     }
     #: Gaussian excess kurtosis of g^2 (kappa - 1 = 2): K when ``kurtosis=False``.
     GAUSSIAN_KURTOSIS: ClassVar[float] = 2.0
@@ -265,6 +278,17 @@ class Measured(WarmupPolicy):
                 isinstance(v, (int, float)) and math.isfinite(v) and v > 0
             ):
                 raise ValueError(f"Invalid {arg} value: {v} (must be a finite float > 0)")
+        u = self.max_update
+        if u is None:
+            if not (self.confidence or self.drift):
+                raise ValueError(
+                    "Invalid max_update value: None (with confidence=False and drift=False "
+                    "nothing would limit the step)"
+                )
+        elif isinstance(u, bool) or not (
+            isinstance(u, (int, float)) and math.isfinite(u) and u > 0
+        ):
+            raise ValueError(f"Invalid max_update value: {u} (must be a finite float > 0, or None)")
         every = self.measure_every
         if isinstance(every, bool) or not isinstance(every, int):
             raise TypeError(f"measure_every must be an int, got {type(every).__name__}")
@@ -281,17 +305,31 @@ class Measured(WarmupPolicy):
     def can_fall(self) -> bool:
         return self.rewarm
 
+    @property
+    def _fresh(self) -> bool:
+        return self.confidence or self.drift
+
     @functools.cached_property
     def spec(self) -> MeasurementSpec:
-        # A unit is as sure as its least sure tensor, as kurtotic as its tensors on average and
-        # as drifting as its most drifting one.
+        # A unit is as sure as its least sure tensor, as kurtotic as its tensors on average, as
+        # drifting as its most drifting one, as far along as its least warmed one.
+        capped = self.max_update is not None
         return MeasurementSpec(
             statistics=True,
-            sample=self.sample,
+            sample=self.sample if self._fresh else None,
             every=self.measure_every,
             can_fall=self.rewarm,
-            pooling={"confidence": "amin", "kurtosis": "mean", "evidence": "amin", "drift": "amax"},
-            summary=("kurtosis", "drift"),
+            pooling={
+                "cap": "amin", "update_ratio": "amax", "confidence": "amin",
+                "kurtosis": "mean", "evidence": "amin", "drift": "amax", "drift_var": "amax",
+            },  # fmt: skip
+            summary=(("update_ratio",) if capped else ()) + (("kurtosis", "drift") if self._fresh
+                                                              else ()),  # fmt: skip
+            fresh_ratio=self._fresh,
+            update=capped,
+            update_window=self.sample,
+            vectors_lead=not self.follow_vectors,
+            buffers=("grad_avg",) if capped else (),
         )
 
     def initial_state(self) -> dict[str, float]:
@@ -309,6 +347,39 @@ class Measured(WarmupPolicy):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         if stats is None:
             raise ValueError("Measured.update needs statistics")
+        new_state = dict(state)
+        scale = torch.ones_like(step, dtype=torch.float64)
+        if self.max_update is not None:
+            assert stats.step_sq is not None and stats.param_sq is not None
+            assert stats.leader is not None
+            lead = stats.leader > 0
+            ratio = torch.sqrt(stats.step_sq.double() / stats.param_sq.double().clamp_min(1e-300))
+            ratio = torch.where(lead, ratio, 0.0)
+            cap = torch.clamp(self.max_update / ratio, max=1.0)  # ratio 0: inf, clamped to 1
+            median = torch.nanmedian(torch.where(lead, cap, math.nan))
+            cap = torch.where(lead, cap, torch.where(median.isnan(), 1.0, median))
+            if not self.rewarm:
+                cap = torch.maximum(state["cap"].double(), cap)
+            new_state["cap"], new_state["update_ratio"] = cap.float(), ratio.float()
+            scale = cap
+        if self._fresh:
+            fresh, fresh_state = self._fresh_ratio(state, step, beta, stats)
+            new_state.update(fresh_state)
+            if self.confidence:
+                scale = torch.minimum(scale, fresh_state["confidence"].double())
+            if self.drift:
+                scale = scale * fresh
+            if self.max_update is None and not bias_corrected:
+                scale = scale * torch.sqrt(1 - beta.double() ** step.double())
+        return scale.float(), new_state
+
+    def _fresh_ratio(
+        self, state: dict[str, Tensor], step: Tensor, beta: Tensor, stats: Statistics
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The confidence and the drift correction from the fresh-ratio sums; returns the
+        correction (1 without ``drift``) and the new confidence, kurtosis, evidence, drift."""
+        assert stats.sum_r is not None and stats.sum_r2 is not None
+        assert stats.count is not None and stats.valid is not None
         step, beta = step.double(), beta.double()
         # beta^t, beta^(t-1), 1 +- beta once for every closed form below (each written as in
         # _stats.effective_sample_size / newest_weight, so the numbers are theirs bit for bit)
@@ -336,12 +407,19 @@ class Measured(WarmupPolicy):
             weight = n_prev * counts  # n_prev where it counts, 0 elsewhere
             evidence = evidence + weight
             kurt = kurt + weight * (k_step - kurt) / evidence
-        drift = state["drift"]
+        drift, drift_var = state["drift"], state["drift_var"]
+        correction = torch.ones_like(step)
         if self.drift:
             excess = m1 - 1 - kurt / n_prev
             rho = self.DRIFT_DECAY
+            # the excess's own fluctuation: an outlier of a heavy-tailed stream moves the mean
+            # ratio by far more than K/N says (its kurtosis is not finite), and is no lag
+            drift_var = torch.where(
+                counts, rho * drift_var + (1 - rho) * (excess - drift) ** 2, drift_var
+            )
             drift = torch.where(counts, rho * drift + (1 - rho) * excess, drift)
-            sigma = torch.sqrt(kurt / count * ((1 - rho) / (1 + rho)))
+            noise = torch.maximum(kurt / count, drift_var)
+            sigma = torch.sqrt(noise * ((1 - rho) / (1 + rho)))
             delta = (drift - self.DRIFT_Z * sigma).clamp_min(0.0)
             w = one_minus / (1 - bt)  # _stats.newest_weight
             lag = torch.sqrt((1 + w * delta) / (1 + delta))
@@ -351,16 +429,13 @@ class Measured(WarmupPolicy):
         target = torch.clamp(math.sqrt(2.0) * 0.5 * torch.sqrt(kurt / n_inf), min=self.tol)
         candidate = torch.clamp(target / err, max=1.0)
         confidence = candidate if self.rewarm else torch.maximum(state["confidence"], candidate)
-        scale = confidence * correction if self.drift else confidence
-        if not bias_corrected:
-            scale = scale * torch.sqrt(1 - bt)
-        new_state = {
-            "confidence": confidence,
-            "kurtosis": kurt,
-            "evidence": evidence,
-            "drift": drift,
+        return correction, {
+            "confidence": confidence.float(),
+            "kurtosis": kurt.float(),
+            "evidence": evidence.float(),
+            "drift": drift.float(),
+            "drift_var": drift_var.float(),
         }
-        return scale.float(), new_state
 
 
 def _rho(step: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,138 @@
+"""The default policy knows the learning rate: it caps each tensor's relative step, measured.
+
+Properties of ``Measured(max_update=U)``: the scale is ``min(1, U / û)`` (running maximum), with
+``û = ‖lr · d‖ / ‖p‖`` the relative size of the step torch is about to take; vectors and tensors
+without a norm of their own follow the matrices; a stationary stream never lowers a scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import warmopt
+
+
+def _scales(opt: torch.optim.Optimizer) -> list[float]:
+    return torch.cat(opt.warmup_scale).tolist()  # type: ignore[attr-defined]
+
+
+def _matrix(seed: int = 0, shape: tuple[int, int] = (32, 64)) -> torch.nn.Parameter:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.Parameter(torch.randn(shape, generator=g) * 0.05)
+
+
+def test_first_scale_is_max_update_over_the_relative_step() -> None:
+    # Adam's first step is lr * sign(g) (|g| >> eps): relative size lr * sqrt(N) / ||p||.
+    w = _matrix()
+    opt = warmopt.Adam([w], lr=0.1)
+    w.grad = torch.randn_like(w)
+    expected = 0.02 * float(w.detach().norm()) / (0.1 * math.sqrt(w.numel()))
+    opt.step()
+    assert _scales(opt)[0] == pytest.approx(expected, rel=1e-4)
+
+
+def test_small_lr_takes_full_steps_from_the_first_step() -> None:
+    w = _matrix()
+    twin = torch.nn.Parameter(w.detach().clone())
+    opt = warmopt.Adam([w], lr=1e-4)
+    ref = torch.optim.Adam([twin], lr=1e-4)
+    for _ in range(3):
+        w.grad = torch.randn_like(w)
+        twin.grad = w.grad.clone()
+        opt.step()
+        ref.step()
+    assert _scales(opt) == [1.0]
+    torch.testing.assert_close(w, twin)
+
+
+@pytest.mark.parametrize("lr", [3e-3, 1e-2, 3e-2])
+def test_larger_lr_warms_longer(lr: float) -> None:
+    """Same weights and gradients at lr and 10 lr: the larger lr has the lower scale."""
+    out = []
+    for rate in (lr, 10 * lr):
+        torch.manual_seed(0)
+        w = _matrix()
+        opt = warmopt.Adam([w], lr=rate)
+        for _ in range(5):
+            w.grad = torch.randn_like(w) + 0.5
+            opt.step()
+        out.append(_scales(opt)[0])
+    assert out[1] < out[0]
+
+
+def _stream(kind: str, gen: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
+    if kind == "student_t3":
+        z = torch.randn(shape, generator=gen)
+        chi2 = torch.randn((3, *shape), generator=gen).square().sum(0)
+        return z / torch.sqrt(chi2 / 3) / math.sqrt(3.0)  # unit variance
+    if kind == "spikes":
+        g = torch.randn(shape, generator=gen)
+        spike = torch.rand(shape, generator=gen) < 0.002
+        return torch.where(spike, 30 * g, g)
+    if kind == "sparse":
+        keep = torch.rand(shape, generator=gen) < 0.05
+        return torch.where(keep, torch.randn(shape, generator=gen), torch.zeros(shape))
+    raise ValueError(kind)
+
+
+POLICIES = {
+    "default": "measured",
+    "previous_default": warmopt.Measured(max_update=None, confidence=True, drift=True),
+    "cap_and_drift": warmopt.Measured(drift=True),
+}
+
+
+@pytest.mark.parametrize("kind", ["student_t3", "spikes", "sparse"])
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_scale_never_falls_on_a_stationary_stream(kind: str, policy: str) -> None:
+    """A stationary gradient stream is no reason to warm up again: the scale is non-decreasing,
+    for heavy tails (Student-t with 3 degrees of freedom), rare x30 spikes and sparse gradients."""
+    gen = torch.Generator().manual_seed(1)
+    w = _matrix(shape=(64, 64))
+    v = torch.nn.Parameter(torch.zeros(64))
+    opt = warmopt.Adam([w, v], lr=0.05, betas=(0.9, 0.99), warmup=POLICIES[policy])
+    prev = [0.0, 0.0]
+    for _ in range(300):
+        w.grad = _stream(kind, gen, tuple(w.shape))
+        v.grad = _stream(kind, gen, tuple(v.shape))
+        opt.step()
+        now = _scales(opt)
+        assert all(b >= a - 1e-7 for a, b in zip(prev, now)), (prev, now)
+        prev = now
+
+
+def test_vectors_and_zero_tensors_follow_the_median_matrix() -> None:
+    mats = [_matrix(seed=s, shape=(16, 16 * (s + 1))) for s in range(3)]
+    bias = torch.nn.Parameter(torch.zeros(16))
+    zero = torch.nn.Parameter(torch.zeros(16, 16))  # a zero-initialised matrix (LoRA's B)
+    opt = warmopt.Adam([*mats, bias, zero], lr=0.1)
+    for p in (*mats, bias, zero):
+        p.grad = torch.randn_like(p)
+    opt.step()
+    s = _scales(opt)
+    assert s[3] == s[4] == sorted(s[:3])[1]
+
+
+def test_only_vectors_warm_at_full_scale() -> None:
+    b = torch.nn.Parameter(torch.zeros(8))
+    opt = warmopt.Adam([b], lr=0.3)
+    b.grad = torch.randn_like(b)
+    opt.step()
+    assert _scales(opt) == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_update": 0.0}, "max_update"),
+        ({"max_update": -1.0}, "max_update"),
+        ({"max_update": math.inf}, "max_update"),
+        ({"max_update": None}, "max_update"),
+    ],
+)
+def test_bad_settings_name_the_argument(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        warmopt.Measured(**kwargs)  # type: ignore[arg-type]
