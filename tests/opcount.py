@@ -27,5 +27,8 @@ def step_ops(opt: torch.optim.Optimizer, params: list[torch.Tensor], warm: int =
 
 
 def make(n: int, cls: Any, **kw: Any) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
-    params = [torch.nn.Parameter(torch.zeros(8)) for _ in range(n)]
+    """A small weight matrix (entries 1e-3: the default policy's cap on the relative step binds
+    at ``lr=1e-3``, so the counted step is a warming one) and ``n`` vectors, which follow it."""
+    params = [torch.nn.Parameter(torch.full((2, 4), 1e-3))]
+    params += [torch.nn.Parameter(torch.zeros(8)) for _ in range(n)]
     return cls(params, **kw), params

@@ -56,10 +56,12 @@ def test_no_host_sync_beyond_torchs_own(mode: str) -> None:
     once (by design: no device involved); its fused path reads nothing. warmopt adds no read of
     its own: its warming foreach step (its own Adam update) reads none at all, its single-tensor
     step is torch's own (the same reads)."""
-    ours = step_ops(*make(50, warmopt.Adam, lr=1e-3, **MODES[mode]))
+    ours_opt, params = make(50, warmopt.Adam, lr=1e-3, **MODES[mode])
+    ours = step_ops(ours_opt, params)
     theirs = step_ops(*make(50, torch.optim.Adam, lr=1e-3, **MODES[mode]))
-    assert ours.syncs == (50 if mode == "single" else 0)
-    assert theirs.syncs == {"foreach": 100, "single": 50, "fused": 0}[mode]
+    n = len(params)
+    assert ours.syncs == (n if mode == "single" else 0)
+    assert theirs.syncs == {"foreach": 2 * n, "single": n, "fused": 0}[mode]
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
@@ -77,7 +79,7 @@ def test_warmup_machinery_restarts_for_a_new_group() -> None:
     opt.add_param_group({"params": [new]})
     new.grad = torch.ones(8)
     for p in params:
-        p.grad = torch.ones(8)
+        p.grad = torch.ones_like(p)
     opt.step()
     assert float(opt.warmup_scale[1][0]) == 0.5
     assert float(opt.warmup_scale[0][0]) == 1.0
@@ -91,8 +93,8 @@ def test_fused_large_tensors_take_one_fused_call_each() -> None:
     size = warmopt._apply.FUSED_EACH_MIN
 
     def ops(n_large: int) -> int:
-        params = [torch.nn.Parameter(torch.zeros(8)) for _ in range(5)]
-        params += [torch.nn.Parameter(torch.zeros(size)) for _ in range(n_large)]
+        params = [torch.nn.Parameter(torch.full((2, 4), 1e-3)) for _ in range(5)]
+        params += [torch.nn.Parameter(torch.full((size,), 1e-3)) for _ in range(n_large)]
         # sample=None: measured whole, so the count is not mixed with the window views
         opt = warmopt.Adam(params, lr=1e-3, fused=True, warmup=warmopt.Measured(sample=None))
         return step_ops(opt, params).total
@@ -112,13 +114,39 @@ def test_sampling_windows_are_views_or_gathers_not_passes(
     same view per tensor on both paths: 2 and 4 windowed tensors differ by 4 views (g and v)."""
     monkeypatch.setenv(DEVICE_PATH_ON_CPU, "0" if host else "1")
 
+    fresh = warmopt.Measured(sample=16, max_update=None, confidence=True, drift=True)
+
     def ops(n_large: int) -> OpCounter:
         params = [torch.nn.Parameter(torch.zeros(8)) for _ in range(5)]
         params += [torch.nn.Parameter(torch.zeros(64)) for _ in range(n_large)]
-        opt = warmopt.Adam(params, lr=1e-3, foreach=True, warmup=warmopt.Measured(sample=16))
+        opt = warmopt.Adam(params, lr=1e-3, foreach=True, warmup=fresh)
         return step_ops(opt, params)
 
     one, three = ops(2), ops(4)
     added = {k: three.ops.get(k, 0) - one.ops.get(k, 0) for k in three.ops}
     added = {k: v for k, v in added.items() if v}
     assert added == {"aten.as_strided": 4}, added
+
+
+@pytest.mark.parametrize("host", [True, False], ids=["cpu-views", "device-views"])
+@pytest.mark.parametrize("cls", [warmopt.Adam, warmopt.RMSprop])
+def test_relative_step_reads_each_tensors_first_coordinates_as_views(
+    cls: type, host: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default policy measures a tensor above ``sample`` on its first ``sample``
+    coordinates: views of the gradient, the parameter and the state the update is computed
+    from, gathered with every other tensor's by one cat each. Two more such tensors add views
+    only (Adam: g, p, m, v; RMSprop: g, p, v and the running gradient average), no kernel."""
+    monkeypatch.setenv(DEVICE_PATH_ON_CPU, "0" if host else "1")
+
+    def ops(n_large: int) -> OpCounter:
+        params = [torch.nn.Parameter(torch.full((2, 4), 1e-3)) for _ in range(5)]
+        params += [torch.nn.Parameter(torch.full((8, 8), 1e-3)) for _ in range(n_large)]
+        opt = cls(params, lr=1e-3, foreach=True, warmup=warmopt.Measured(sample=16))
+        return step_ops(opt, params)
+
+    one, three = ops(2), ops(4)
+    added = {k: three.ops.get(k, 0) - one.ops.get(k, 0) for k in three.ops}
+    added = {k: v for k, v in added.items() if v}
+    assert set(added) <= {"aten.view", "aten.slice", "aten.as_strided", "aten.reshape"}, added
+    assert sum(added.values()) <= 2 * 4 * 2, added

@@ -18,13 +18,19 @@ from warmopt._device import DEVICE_PATH_ON_CPU
 
 from .opcount import OpCounter
 
-#: sample=64: the tensors above 64 coordinates are measured on windows, the others whole
-POLICY = warmopt.Measured(sample=64)
+#: sample=64: the tensors above 64 coordinates are measured on windows, the others whole. The
+#: default policy (the relative step, on each tensor's first coordinates) at a learning rate its
+#: cap holds, and the fresh ratio (windows that sweep each tensor) of the earlier default.
+POLICIES = {
+    "relative step": (warmopt.Measured(sample=64, max_update=1e-3), 1.0),
+    "fresh ratio": (warmopt.Measured(sample=64, max_update=None, confidence=True, drift=True), 1e-3),
+}
+POLICY = POLICIES["fresh ratio"][0]
 SHAPES = [(8,), (3, 7), (), (300,), (40, 50), (2, 2, 2), (65,), (1, 64)]
 
 LAYOUTS: dict[str, list[tuple[int, ...]]] = {
-    "10 tensors, 1 shape": [(8,)] * 10,
-    "100 tensors, 1 shape": [(8,)] * 100,
+    "10 tensors, 1 shape": [(2, 4)] * 10,
+    "100 tensors, 1 shape": [(2, 4)] * 100,
     "100 tensors, 8 shapes": list(itertools.islice(itertools.cycle(SHAPES), 100)),
     "100 tensors, 100 shapes": [(k + 1,) if k % 2 else (k + 1, 3) for k in range(100)],
 }
@@ -42,11 +48,16 @@ CONFIGS = [
 
 
 def _warming_step(
-    cls: type, kwargs: dict[str, Any], shapes: list[tuple[int, ...]], measured: list[OpCounter]
+    cls: type,
+    kwargs: dict[str, Any],
+    shapes: list[tuple[int, ...]],
+    measured: list[OpCounter],
+    policy: str = "fresh ratio",
 ) -> OpCounter:
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
-    opt = cls(params, lr=1e-3, warmup=POLICY, **kwargs)
+    warmup, lr = POLICIES[policy]
+    opt = cls(params, lr=lr, warmup=warmup, **kwargs)
     for t in range(4):
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen) * (1 + t)
@@ -62,34 +73,37 @@ def measure_counter(monkeypatch: pytest.MonkeyPatch) -> list[OpCounter]:
     """The ops of the measure stage alone, recorded on every step."""
     import warmopt.optimizer
 
-    inner = warmopt.optimizer.measure
     seen: list[OpCounter] = []
+    for name in ("measure", "measure_update"):
+        inner = getattr(warmopt.optimizer, name)
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        counter = OpCounter()
-        with counter:
-            out = inner(*args, **kwargs)
-        seen.append(counter)
-        return out
+        def counted(*args: Any, inner: Any = inner, **kwargs: Any) -> Any:
+            counter = OpCounter()
+            with counter:
+                out = inner(*args, **kwargs)
+            seen.append(counter)
+            return out
 
-    monkeypatch.setattr(warmopt.optimizer, "measure", counted)
+        monkeypatch.setattr(warmopt.optimizer, name, counted)
     return seen
 
 
+@pytest.mark.parametrize("policy", list(POLICIES))
 @pytest.mark.parametrize("cls,kwargs", CONFIGS, ids=lambda x: getattr(x, "__name__", str(x)))
 def test_accelerator_path_kernels_are_flat_in_tensor_count_and_shapes(
     cls: type,
     kwargs: dict[str, Any],
+    policy: str,
     monkeypatch: pytest.MonkeyPatch,
     measure_counter: list[OpCounter],
 ) -> None:
     """The whole warming step on the accelerator path: the same kernels, op by op, for 10 or 100
     tensors, one shape or a hundred, windows or whole tensors; no host sync; and the statistics
-    are one flat pass (one cat for g, one for v, one segment sum) whatever the layout."""
+    are one flat pass (one cat per buffer, one segment sum) whatever the layout."""
     monkeypatch.setenv(DEVICE_PATH_ON_CPU, "1")
     kernels, stats = {}, {}
     for name, shapes in LAYOUTS.items():
-        counter = _warming_step(cls, kwargs, shapes, measure_counter)
+        counter = _warming_step(cls, kwargs, shapes, measure_counter, policy)
         assert counter.syncs == 0, (name, counter.ops)
         kernels[name] = counter.kernels
         (measured,) = measure_counter
@@ -99,14 +113,20 @@ def test_accelerator_path_kernels_are_flat_in_tensor_count_and_shapes(
         assert kernels[name] == first, (name, kernels[name] - first, first - kernels[name])
         assert stats[name] == stats["10 tensors, 1 shape"], name
     assert stats[name]["aten.index_add_"] == 1
-    assert stats[name]["aten.cat"] == (3 if kwargs.get("weight_decay") else 2)
+    if policy == "fresh ratio":  # g, v (and p with coupled decay)
+        assert stats[name]["aten.cat"] == (3 if kwargs.get("weight_decay") else 2)
+    else:  # g, p and the algorithm's state: Adam m, v; RMSprop v (its running gradient
+        # average is kept laid out as the pass, no copy)
+        assert stats[name]["aten.cat"] == (3 if cls is warmopt.RMSprop else 4)
     assert "aten.index_select" not in first  # no gather per window
 
 
+@pytest.mark.parametrize("policy", list(POLICIES))
 @pytest.mark.parametrize("cls,kwargs", CONFIGS, ids=lambda x: getattr(x, "__name__", str(x)))
 def test_cpu_path_statistics_are_one_flat_pass_for_any_layout(
     cls: type,
     kwargs: dict[str, Any],
+    policy: str,
     monkeypatch: pytest.MonkeyPatch,
     measure_counter: list[OpCounter],
 ) -> None:
@@ -115,7 +135,7 @@ def test_cpu_path_statistics_are_one_flat_pass_for_any_layout(
     monkeypatch.setenv(DEVICE_PATH_ON_CPU, "0")
     stats = {}
     for name, shapes in LAYOUTS.items():
-        _warming_step(cls, kwargs, shapes, measure_counter)
+        _warming_step(cls, kwargs, shapes, measure_counter, policy)
         (measured,) = measure_counter
         assert measured.syncs == 0
         stats[name] = measured.kernels

@@ -22,6 +22,7 @@ with ``sample=None``), which bounds the transient buffers.
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -164,6 +165,38 @@ class Layouts:
         ).to(device)
         where = None if picked == list(range(n)) else torch.tensor(picked).to(home)
         return self._remember(self._passes, key, _Pass(list(lengths), pads, rows, where, []))  # type: ignore[no-any-return]
+
+    def grad_average(
+        self, state: dict[Any, dict[str, Any]], params: list[Tensor], layout: _Pass,
+        dtype: torch.dtype,
+    ) -> Tensor:  # fmt: skip
+        """The running gradient average of ``params`` (``state[p]["warmup_grad_avg"]``, their
+        first coordinates) as one ``[rows, BLOCK]`` matrix laid out like ``layout``, whose
+        pieces *are* the state entries (views): updating it in place updates them. Laid out
+        again, from the entries' values, when they are not those views (first use, a loaded
+        checkpoint, another set of tensors); an entry that is missing or of another size starts
+        at zero."""
+        key = ("grad_avg", id(layout))
+        got = self._vectors.get(key)
+        entries = [state[p].get("warmup_grad_avg") for p in params]
+        if got is not None:
+            flat, views = got
+            if all(map(operator.is_, views, entries)):
+                self._vectors.move_to_end(key)
+                return flat  # type: ignore[no-any-return]
+        flat = torch.zeros(layout.rows.numel(), _stats.BLOCK, dtype=dtype,
+                           device=layout.rows.device)  # fmt: skip
+        views, start = [], 0
+        with torch.no_grad():
+            for p, entry, k in zip(params, entries, layout.lengths):
+                view = flat.view(-1)[start : start + k]
+                if isinstance(entry, Tensor) and entry.numel() == k:
+                    view.copy_(entry.reshape(-1))
+                state[p]["warmup_grad_avg"] = view
+                views.append(view)
+                start += -(-k // _stats.BLOCK) * _stats.BLOCK
+        self._remember(self._vectors, key, (flat, views))
+        return flat
 
     def vector(self, key: Any, values: list[float], home: torch.device) -> Tensor:
         """A float32 vector of host ``values`` on ``home``, made once per ``key``."""
@@ -390,6 +423,13 @@ def _window(t: Tensor, start: int, size: int) -> Tensor:
     return t.reshape(-1)[start : start + size]
 
 
+def _first(t: Tensor, k: int) -> Tensor:
+    """The first ``k`` coordinates of flattened ``t`` (``t`` itself when it is 1-D and has ``k``:
+    no op for a vector measured whole)."""
+    flat = t if t.dim() == 1 else t.reshape(-1)
+    return flat if flat.numel() == k else flat[:k]
+
+
 def _flat(t: Tensor) -> Tensor:
     """``t`` as a 1-D tensor (itself if it already is one)."""
     return t if t.dim() == 1 else t.reshape(-1)
@@ -446,7 +486,8 @@ def measure_update(
     and device (the update's constants are the group's), a fixed number of kernels whatever the
     number and shapes of the tensors. Where the algorithm keeps no running average of the
     gradients (RMSprop without momentum) this stage keeps one on the window, in
-    ``state[p]["warmup_grad_avg"]``: the only state it writes.
+    ``state[p]["warmup_grad_avg"]`` (views of one matrix per pass, :meth:`Layouts.grad_average`):
+    the only state it writes.
     """
     home, step = warming.home, warming.step
     n = len(step)
@@ -468,8 +509,6 @@ def measure_update(
         params = real_views(batch.params, batch.has_complex)
         src = algorithm.update_sources(group, batch)
         averaged = algorithm.needs_grad_average(group)
-        if averaged:
-            src["num"] = _grad_averages(state, batch.params, params, window)
         sharded = dtensor is not None and any(isinstance(p, dtensor) for p in params)
         if sharded:
             shards += [p if isinstance(p, dtensor) else None for p in batch.params]
@@ -487,12 +526,16 @@ def measure_update(
                                          [lengths[i] for i in idx], n)  # fmt: skip
 
             def pack(ts: list[Tensor], idx: list[int] = idx, layout: Any = layout) -> Tensor:
-                pieces = [_flat(ts[i])[: lengths[i]] for i in idx]
+                pieces = [_first(ts[i], lengths[i]) for i in idx]
                 return _stats.pack_blocks(pieces, layout.pads).to(dtype)
 
             g = pack(grads)
             p = pack(params)
             packed = {name: pack(ts) for name, ts in src.items()}
+            if averaged:  # the running average itself, laid out like the pass (no copy)
+                packed["num"] = layouts.grad_average(
+                    state, [batch.params[i] for i in idx], layout, dtype
+                )
             if group.get("maximize", False):
                 g.neg_()
             if inv_gs is not None:
@@ -509,8 +552,7 @@ def measure_update(
                 per_row["bias2"] = (1 - beta2**t)[layout.rows].unsqueeze(1)
             if averaged:
                 per_row["avg_bias"] = (1 - GRAD_AVG_DECAY**t)[layout.rows].unsqueeze(1)
-                packed["num"].lerp_(g, 1 - GRAD_AVG_DECAY)
-                _unpack_into(src["num"], packed["num"], idx, lengths)
+                packed["num"].lerp_(g, 1 - GRAD_AVG_DECAY)  # updates the state entries
             d = algorithm.unit_update(group, g, packed, per_row)
             sums = _stats.segment_sums(_stats.update_row_sums(d, p), layout.rows, len(idx))
             where = torch.tensor([offset + i for i in idx], device=home)
@@ -541,32 +583,3 @@ def _locals(ts: list[Tensor]) -> list[Tensor]:
     """This rank's shards of DTensors (FSDP2 parameters); other tensors as they are."""
     dtensor = dtensor_type()
     return [t.to_local() if dtensor is not None and isinstance(t, dtensor) else t for t in ts]  # type: ignore[attr-defined]
-
-
-def _grad_averages(
-    state: dict[Any, dict[str, Any]], params: list[Tensor], reals: list[Tensor], window: int | None
-) -> list[Tensor]:
-    """Each tensor's ``warmup_grad_avg`` (made at zero on its first use: window-sized, never
-    parameter-sized unless ``window`` is None), laid out like the tensor's first coordinates."""
-    dtensor = dtensor_type()
-    out = []
-    for p, real in zip(params, reals):
-        local = real.to_local() if dtensor is not None and isinstance(real, dtensor) else real  # type: ignore[attr-defined]
-        size = local.numel() if window is None else min(local.numel(), window)
-        st = state[p]
-        buf = st.get("warmup_grad_avg")
-        dtype = torch.float64 if local.dtype == torch.float64 else torch.float32
-        if not isinstance(buf, Tensor) or buf.numel() != size or buf.device != local.device:
-            buf = st["warmup_grad_avg"] = torch.zeros(size, dtype=dtype, device=local.device)
-        out.append(buf)
-    return out
-
-
-def _unpack_into(targets: list[Tensor], packed: Tensor, idx: list[int], lengths: list[int]) -> None:
-    """Copy each tensor's rows of ``packed`` back into its target (one foreach copy)."""
-    flat = packed.view(-1)
-    views, starts = [], 0
-    for i in idx:
-        views.append(flat[starts : starts + lengths[i]])
-        starts += -(-lengths[i] // _stats.BLOCK) * _stats.BLOCK
-    torch._foreach_copy_([targets[i] for i in idx], views)

@@ -299,8 +299,9 @@ def rmsprop_update_(
     correction), centred :math:`\sqrt{v_t - a_t^2} + \epsilon` with ``grad_avg``'s
     :math:`a_t = \alpha a_{t-1} + (1-\alpha) g`. ``mode`` says what the numerator ``num``
     holds: ``"average"`` -- warmopt's running average :math:`\bar g_t` of the gradients,
-    already updated, divided here by ``bias`` (:math:`1 - 0.9^t` per row); ``"momentum"`` --
-    torch's momentum buffer before this step, giving :math:`\mu b + g/\mathrm{den}`.
+    already updated (left unchanged), divided by ``bias`` (:math:`1 - 0.9^t` per row);
+    ``"momentum"`` -- a copy of torch's momentum buffer before this step (overwritten), giving
+    :math:`\mu b + g/\mathrm{den}`.
     """
     v.mul_(alpha).addcmul_(g, g, value=1 - alpha)
     if grad_avg is not None:
@@ -310,7 +311,7 @@ def rmsprop_update_(
     if mode == "momentum":
         return num.mul_(momentum).addcdiv_(g, den)
     assert bias is not None
-    return num.div_(bias).div_(den)
+    return torch.div(num, bias).div_(den)  # num is the running average itself: not in place
 
 
 def fresh_ratio_sums(
