@@ -741,39 +741,42 @@ def _plot(
 
 def _plot_lr(plt: Any, grid: Grid, summary: dict[str, Any], meta: dict[str, Any],
              setting: Setting, out: Path, stem: str) -> str:  # fmt: skip
-    """Final loss and validation accuracy vs lr: mean over seeds, ± 2 s.e. band, every seed as a
-    dot, stalled seeds as x and failed ones as a star."""
+    """Final loss and validation accuracy vs lr: the mean over seeds with a ± 2 s.e. band, every
+    seed as a dot, stalled seeds as x and failed ones as a star. The loss axis is linear: S is
+    a mean of these losses, so what it weighs is what the eye sees."""
     import numpy as np
+    from matplotlib.lines import Line2D
 
     ms, lrs, n = summary["methods"], np.array(grid.lrs), len(grid.seeds)
     picks = grid.oracle_pick()
-    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(12, 5))
     k = len(METHODS)
+    handles = []
     for j, m in enumerate(METHODS):
         c, col = grid.cells(m, picks if m == "linear_oracle" else None), COLORS[m]
-        shift = 1.12 ** ((j - (k - 1) / 2) / 2)  # spread the methods' seed dots apart
-        x = lrs * shift
+        x = lrs * 1.1 ** ((j - (k - 1) / 2) / 2)  # the methods side by side at each lr
         r = ms[m]
-        mean, e = np.array(r["loss_mean"]), np.nan_to_num(np.array(r["loss_2se"]))
-        ax_l.plot(x, mean, "-o", color=col, lw=2, ms=5, label=f"{m} (S = {r['S']:.3f})", zorder=3)
-        ax_l.fill_between(x, np.maximum(mean - e, 1e-4), mean + e, color=col, alpha=0.15, lw=0)
-        acc, ea = np.array(r["acc_mean"]), np.nan_to_num(np.array(r["acc_2se"]))
-        ax_a.plot(x, acc, "-o", color=col, lw=2, ms=5, label=m, zorder=3)
-        ax_a.fill_between(x, acc - ea, np.minimum(acc + ea, 1.0), color=col, alpha=0.15, lw=0)
-        for i in range(len(lrs)):
-            ok = ~(c["failed"][i] | c["stalled"][i])
-            xs = np.full(n, x[i])
-            for sel, marker, size in ((ok, ".", 30), (c["stalled"][i], "x", 28),
-                                      (c["failed"][i], "*", 60)):  # fmt: skip
-                if sel.any():
-                    ax_l.scatter(xs[sel], c["loss"][i][sel], marker=marker, s=size, color=col,
-                                 alpha=0.55, lw=1, zorder=2)  # fmt: skip
-                    ax_a.scatter(xs[sel], c["acc"][i][sel], marker=marker, s=size, color=col,
-                                 alpha=0.55, lw=1, zorder=2)  # fmt: skip
+        for ax, key, top in ((ax_l, "loss", math.inf), (ax_a, "acc", 1.0)):
+            mean, e = np.array(r[f"{key}_mean"]), np.nan_to_num(np.array(r[f"{key}_2se"]))
+            ax.plot(x, mean, "-o", color=col, lw=2, ms=5, zorder=3)
+            ax.fill_between(x, np.maximum(mean - e, 0), np.minimum(mean + e, top), color=col,
+                            alpha=0.15, lw=0)  # fmt: skip
+            for i in range(len(lrs)):
+                ok = ~(c["failed"][i] | c["stalled"][i])
+                for sel, marker, size in ((ok, ".", 30), (c["stalled"][i], "x", 28),
+                                          (c["failed"][i], "*", 60)):  # fmt: skip
+                    if sel.any():
+                        ax.scatter(np.full(int(sel.sum()), x[i]), c[key][i][sel], marker=marker,
+                                   s=size, color=col, alpha=0.5, lw=1, zorder=2)  # fmt: skip
+        handles.append(
+            Line2D([], [], color=col, marker="o", lw=2, ms=5, label=f"{m} (S = {r['S']:.3f})")
+        )
     constant = summary["constant_loss"]
     ax_l.axhline(constant, color="k", ls="--", lw=0.8)
-    ax_l.text(lrs[0] * 0.8, constant * 1.08, "stalled: loss of the constant predictor",
+    ax_l.text(lrs[0] * 0.75, constant * 1.02, "loss of the constant predictor (stalled)",
               fontsize=8, va="bottom")  # fmt: skip
+    ax_a.axhline(0.1, color="k", ls=":", lw=0.8)
+    ax_a.text(lrs[0] * 0.75, 0.11, "chance", fontsize=8, va="bottom")
     for ax in (ax_l, ax_a):
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
@@ -781,33 +784,32 @@ def _plot_lr(plt: Any, grid: Grid, summary: dict[str, Any], meta: dict[str, Any]
         ax.minorticks_off()
         ax.grid(alpha=0.3)
     what = "full-batch training loss" if not setting.batch else "training loss (whole set)"
-    ax_l.set_yscale("log")
+    ax_l.set_ylim(0, 1.1 * max(meta["loss0"], constant))
     ax_l.set_ylabel(f"final {what}")
     ax_l.set_title(f"final {what} (lower is better)", fontsize=10)
-    ax_l.legend(fontsize=8, loc="upper left", title="method (LR sensitivity)", title_fontsize=8)
-    ax_a.set_ylabel("validation accuracy")
     ax_a.set_ylim(0, 1.02)
-    ax_a.axhline(0.1, color="k", ls=":", lw=0.8)
-    ax_a.text(lrs[0] * 0.8, 0.12, "chance", fontsize=8)
+    ax_a.set_ylabel("validation accuracy")
     ax_a.set_title("validation accuracy (higher is better)", fontsize=10)
-    from matplotlib.lines import Line2D
-
     keys = [
-        Line2D([], [], color="k", marker="o", lw=2, ms=5, label=f"mean over {n} seeds"),
-        Line2D([], [], color="k", alpha=0.3, lw=8, label="± 2 s.e."),
-        Line2D([], [], color="k", marker=".", ls="", ms=8, label="one seed"),
-        Line2D([], [], color="k", marker="x", ls="", ms=6, label="one seed, stalled"),
-        Line2D([], [], color="k", marker="*", ls="", ms=8, label="one seed, failed"),
+        Line2D([], [], color="k", marker="o", lw=2, ms=5, label=f"mean of {n} seeds"),
+        Line2D([], [], color="k", alpha=0.2, lw=8, label="± 2 s.e."),
+        Line2D([], [], color="k", marker=".", ls="", ms=8, alpha=0.6, label="one seed"),
+        Line2D([], [], color="k", marker="x", ls="", ms=6, alpha=0.6, label="one seed, stalled"),
+        Line2D([], [], color="k", marker="*", ls="", ms=8, alpha=0.6, label="one seed, failed"),
     ]
-    ax_a.legend(handles=keys, fontsize=8, loc="lower left")
-    loss = "MSE" if setting.kind == "mse" else "cross-entropy"
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9,
+               bbox_to_anchor=(0.5, 0.06), frameon=False,
+               title="method (LR sensitivity S: lower = more robust)", title_fontsize=9)  # fmt: skip
+    fig.legend(handles=keys, loc="lower center", ncol=len(keys), fontsize=8,
+               bbox_to_anchor=(0.5, 0.0), frameon=False)  # fmt: skip
+    loss = "squared error" if setting.kind == "mse" else "cross-entropy"
     batch = "full batch" if not setting.batch else f"batch {setting.batch}"
     fig.suptitle(
-        f"digits MLP, {loss}, {batch}, {setting.steps} steps, constant lr: "
+        f"digits MLP, {loss}, {batch}, {setting.steps} steps at a constant learning rate, "
         f"{n} seeds per point (torch {meta['torch']}, commit {meta['commit']})",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
     name = f"{stem}_lr.png"
     fig.savefig(out / name, dpi=110)
     plt.close(fig)
@@ -869,7 +871,8 @@ def _plot_curves(plt: Any, runs: list[dict[str, Any]], grid: Grid, summary: dict
                     bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})  # fmt: skip
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle(
-        "loss curves at the highest learning rates (dashed: loss of the constant predictor)",
+        f"loss over the steps at the {len(lrs)} highest learning rates, {n} seeds "
+        "(dashed: loss of the constant predictor, where a stalled run ends)",
         fontsize=10,
     )
     fig.tight_layout()
