@@ -867,8 +867,7 @@ def _plot_curves(plt: Any, runs: list[dict[str, Any]], grid: Grid, summary: dict
             with np.errstate(all="ignore"):
                 med = np.nanmedian(a, 0)
                 q1, q3 = np.nanquantile(a, 0.25, 0), np.nanquantile(a, 0.75, 0)
-            label = m if m != "linear_oracle" else f"linear_oracle ({src.split('_')[1]} steps)"
-            ax.plot(x, np.minimum(med, top), color=COLORS[m], lw=1.6, label=label)
+            ax.plot(x, np.minimum(med, top), color=COLORS[m], lw=1.6)
             ax.fill_between(x, np.minimum(q1, top), np.minimum(q3, top), color=COLORS[m],
                             alpha=0.15, lw=0)  # fmt: skip
             peak = float(np.nanmax(med)) if np.isfinite(med).any() else math.inf
@@ -890,13 +889,20 @@ def _plot_curves(plt: Any, runs: list[dict[str, Any]], grid: Grid, summary: dict
             ax.text(0.98, 0.97, "axis clipped at 3x the initial loss;\n" + "\n".join(peaks),
                     transform=ax.transAxes, ha="right", va="top", fontsize=7,
                     bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})  # fmt: skip
-        ax.legend(fontsize=7, loc="lower left")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=COLORS[m], lw=2, label=m) for m in METHODS[:-1]]
+    lens = ", ".join(f"{picks[lr].split('_')[1]} at {lr:g}" for lr in lrs)
+    handles.append(Line2D([], [], color=COLORS["linear_oracle"], lw=2,
+                          label=f"linear_oracle (warm-up steps: {lens})"))  # fmt: skip
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9,
+               frameon=False)  # fmt: skip
     fig.suptitle(
         f"loss over the steps at the {len(lrs)} highest learning rates, {n} seeds "
         "(dashed: loss of the constant predictor, where a stalled run ends)",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     name = f"{stem}_curves.png"
     fig.savefig(out / name, dpi=110)
     plt.close(fig)
