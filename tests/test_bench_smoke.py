@@ -72,6 +72,22 @@ def test_demo_results_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> 
     assert one["summary"]["verdict"] == two["summary"]["verdict"]
 
 
+def test_demo_default_folder_is_ignored_by_git() -> None:
+    """Run from the repository root, the demo's default folder is in .gitignore."""
+    from benchmarks import demo
+
+    root = Path(demo.__file__).resolve().parents[1]
+    try:
+        proc = subprocess.run(
+            ["git", "check-ignore", "-q", str(demo.DEFAULT_OUT / "demo.json")], cwd=root
+        )
+    except OSError:
+        pytest.skip("no git")
+    if proc.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert proc.returncode == 0, f"{demo.DEFAULT_OUT}/ is not in .gitignore"
+
+
 def test_demo_reference_flag_targets_the_committed_results() -> None:
     from benchmarks import demo
 
