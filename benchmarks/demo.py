@@ -102,7 +102,8 @@ BOOTSTRAP = 2000
 
 
 def oracle_lengths(steps: int) -> list[int]:
-    return [max(2, int(f * steps)) for f in ORACLE_FRACTIONS]
+    """The oracle's warm-up lengths in steps (fewer than three only in a very short run)."""
+    return list(dict.fromkeys(max(2, int(f * steps)) for f in ORACLE_FRACTIONS))
 
 
 @dataclass
@@ -541,6 +542,36 @@ def verdict(summary: dict[str, Any], seeds: int) -> list[str]:
     return lines
 
 
+def _groups(summary: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The verdict's groups: the best and those within noise of it; those behind beyond noise."""
+    diffs = summary["differences_to_best"]
+    behind = [m for m in summary["order"][1:] if diffs[m]["beyond_noise"]]
+    return [m for m in summary["order"] if m not in behind], behind
+
+
+def against_plain(plain: dict[str, Any], runs: list[dict[str, Any]], summary: dict[str, Any]
+                  ) -> list[str]:  # fmt: skip
+    """How a ``--jitter`` run differs from the plain run of the same settings: runs that went
+    from training to stalling or failing (or back), and whether the verdict's groups moved."""
+    before = {(r["method"], r["lr"], r["seed"]): r for r in plain["runs"]}
+    pairs = [(before.get((r["method"], r["lr"], r["seed"])), r) for r in runs]
+    if any(b is None for b, _ in pairs) or len(before) != len(runs):
+        return ["The plain run in the same folder has other settings: not compared."]
+    bad = lambda r: r["failed"] or r["stalled"]  # noqa: E731
+    flips = sum(bad(b) != bad(r) for b, r in pairs)
+    moved = sum(b["final_loss"] != r["final_loss"] for b, r in pairs)
+    (tied0, behind0), (tied1, behind1) = _groups(plain["summary"]), _groups(summary)
+    same = set(tied0) == set(tied1) and set(behind0) == set(behind1)
+    return [
+        f"{flips} of {len(runs)} runs changed between training and stalling or failing; "
+        f"{moved} ended at a different loss.",
+        f"Tied for most LR-robust: ({', '.join(tied0)}) without jitter, ({', '.join(tied1)}) "
+        f"with it. Behind beyond noise: ({', '.join(behind0)}) without, ({', '.join(behind1)}) "
+        "with it. "
+        + ("The verdict's groups are the same." if same else "The verdict's groups moved."),
+    ]
+
+
 def _signed(x: float) -> str:
     return f"{x:+.3f}"
 
@@ -637,6 +668,8 @@ def report(
         "",
         *legend(setting, n, meta["constant_loss"], summary["resamples"]),
         "",
+        *(["## Against the same run without --jitter", "", *summary["against_plain"], ""]
+          if summary.get("against_plain") else []),  # fmt: skip
         "## Verdict",
         "",
         *summary["verdict"],
@@ -723,9 +756,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "loss0": float(grid.loss0.mean()),
         "warmopt_default_policy": _default_policy(),
     }  # fmt: skip
-    text = report(summary, meta, setting, lrs, METHODS)
     stem = "demo" if args.task == "mse" else f"demo_{args.task}"
+    plain = out / f"{stem}{'_tiny' if args.tiny else ''}.json"
     stem += ("_jitter" if args.jitter else "") + ("_tiny" if args.tiny else "")
+    if args.jitter and plain.exists():
+        summary["against_plain"] = against_plain(json.loads(plain.read_text()), runs, summary)
+    text = report(summary, meta, setting, lrs, METHODS)
     out.mkdir(parents=True, exist_ok=True)
     result = {
         "meta": meta,

@@ -72,6 +72,22 @@ def test_demo_results_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> 
     assert one["summary"]["verdict"] == two["summary"]["verdict"]
 
 
+def test_demo_jitter_run_compares_itself_with_the_plain_run(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn", reason="the demo needs scikit-learn (pip install -e '.[bench]')")
+    pytest.importorskip("pytorch_warmup", reason="the demo needs pytorch-warmup ('.[bench]')")
+    from benchmarks import demo
+
+    plain = demo.main(["--tiny", "--workers", "1", "--out", str(tmp_path)])
+    jittered = demo.main(["--tiny", "--workers", "1", "--jitter", "--out", str(tmp_path)])
+    assert (tmp_path / "demo_jitter_tiny.json").exists() and (tmp_path / "demo_tiny.md").exists()
+    assert jittered["meta"]["jitter"] and not plain["meta"]["jitter"]
+    moved = [a["final_loss"] != b["final_loss"] for a, b in zip(plain["runs"], jittered["runs"])]
+    assert any(moved)  # the initial weights did change
+    text = (tmp_path / "demo_jitter_tiny.md").read_text()
+    assert "## Against the same run without --jitter" in text
+    assert f"of {len(plain['runs'])} runs changed" in text
+
+
 def test_demo_default_folder_is_ignored_by_git() -> None:
     """Run from the repository root, the demo's default folder is in .gitignore."""
     from benchmarks import demo
