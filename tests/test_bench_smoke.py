@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,20 +13,106 @@ import pytest
 pytestmark = pytest.mark.bench
 
 
+def _git_status(root: Path) -> str | None:
+    """``git status --porcelain`` of the checkout (untracked files too), or None outside git."""
+    try:
+        proc = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=root, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return proc.stdout
+
+
 @pytest.mark.parametrize("task", ["mse", "ce"])
-def test_demo_runs_tiny(tmp_path: Path, task: str) -> None:
+def test_demo_runs_tiny_into_its_folder_with_a_verdict(
+    tmp_path: Path, task: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     pytest.importorskip("sklearn", reason="the demo needs scikit-learn (pip install -e '.[bench]')")
     pytest.importorskip("pytorch_warmup", reason="the demo needs pytorch-warmup ('.[bench]')")
     from benchmarks import demo
 
-    result = demo.main(["--tiny", "--task", task, "--out", str(tmp_path)])
+    root = Path(demo.__file__).resolve().parents[1]
+    before = _git_status(root)
+    monkeypatch.chdir(tmp_path)  # the default output folder is relative to the working directory
+    result = demo.main(["--tiny", "--task", task, "--workers", "2"])
+    out = tmp_path / "warmopt-results"
     stem = "demo_tiny" if task == "mse" else f"demo_{task}_tiny"
-    saved = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}{end}" for end in (".json", ".md", "_lr.png", "_curves.png")
+    )
+    saved = json.loads((out / f"{stem}.json").read_text())
     assert saved["meta"]["tiny"] is True and saved["meta"]["task"] == task
-    assert (tmp_path / f"{stem}_lr.png").exists()
-    methods = {r["method"] for r in result["rows"]}
-    assert methods == {"adam", "warmopt", "radam", "untuned_linear", "linear_oracle"}
-    assert all(r["final_loss"] > 0 for r in result["rows"])
+    assert saved["meta"]["workers"] == 2 and len(saved["meta"]["seeds"]) == 2
+    summary = result["summary"]
+    assert set(summary["methods"]) == set(demo.METHODS)
+    assert demo.METHODS == ["adam", "warmopt", "radam", "untuned_linear", "linear_oracle"]
+    for m in summary["methods"].values():
+        lo, hi = m["S_interval"]
+        assert lo <= m["S"] <= hi or math.isclose(lo, hi)
+        assert all(x > 0 for x in m["loss_mean"])
+    # the verdict ends the printed report and the markdown, and names the most robust method
+    printed = capsys.readouterr().out
+    text = (out / f"{stem}.md").read_text()
+    for where in (printed, text):
+        assert "## Verdict" in where and summary["best"] in where.split("## Verdict")[1]
+        assert "LR sensitivity S" in where and "`†k`" in where and "`*k`" in where
+    assert text.rstrip().endswith(summary["verdict"][-1])
+    assert _git_status(root) == before  # nothing written into the checkout
+
+
+def test_demo_results_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn", reason="the demo needs scikit-learn (pip install -e '.[bench]')")
+    pytest.importorskip("pytorch_warmup", reason="the demo needs pytorch-warmup ('.[bench]')")
+    from benchmarks import demo
+
+    one = demo.main(["--tiny", "--workers", "1", "--out", str(tmp_path / "one")])
+    two = demo.main(["--tiny", "--workers", "2", "--out", str(tmp_path / "two")])
+    strip = [{k: v for k, v in r.items() if k != "cpu_seconds"} for r in one["runs"]]
+    assert strip == [{k: v for k, v in r.items() if k != "cpu_seconds"} for r in two["runs"]]
+    assert one["summary"]["verdict"] == two["summary"]["verdict"]
+
+
+def test_demo_jitter_run_compares_itself_with_the_plain_run(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn", reason="the demo needs scikit-learn (pip install -e '.[bench]')")
+    pytest.importorskip("pytorch_warmup", reason="the demo needs pytorch-warmup ('.[bench]')")
+    from benchmarks import demo
+
+    plain = demo.main(["--tiny", "--workers", "1", "--out", str(tmp_path)])
+    jittered = demo.main(["--tiny", "--workers", "1", "--jitter", "--out", str(tmp_path)])
+    assert (tmp_path / "demo_jitter_tiny.json").exists() and (tmp_path / "demo_tiny.md").exists()
+    assert jittered["meta"]["jitter"] and not plain["meta"]["jitter"]
+    moved = [a["final_loss"] != b["final_loss"] for a, b in zip(plain["runs"], jittered["runs"])]
+    assert any(moved)  # the initial weights did change
+    text = (tmp_path / "demo_jitter_tiny.md").read_text()
+    assert "## Against the same run without --jitter" in text
+    assert f"of {len(plain['runs'])} runs changed" in text
+
+
+def test_demo_default_folder_is_ignored_by_git() -> None:
+    """Run from the repository root, the demo's default folder is in .gitignore."""
+    from benchmarks import demo
+
+    root = Path(demo.__file__).resolve().parents[1]
+    try:
+        proc = subprocess.run(
+            ["git", "check-ignore", "-q", str(demo.DEFAULT_OUT / "demo.json")], cwd=root
+        )
+    except OSError:
+        pytest.skip("no git")
+    if proc.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert proc.returncode == 0, f"{demo.DEFAULT_OUT}/ is not in .gitignore"
+
+
+def test_demo_reference_flag_targets_the_committed_results() -> None:
+    from benchmarks import demo
+
+    with pytest.raises(SystemExit):
+        demo.main(["--reference", "--tiny"])  # the reference results are never tiny
+    assert demo.RESULTS == Path(demo.__file__).resolve().parent / "results"
+    assert not demo.DEFAULT_OUT.is_absolute()
 
 
 def test_warmup_curves_runs_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,135 @@
+"""The README stays true: its training loop runs, its two commands are where CI and users find
+them, the files it points to exist, and its result tables match the results files they cite."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _section(title: str) -> str:
+    """The text of the ``## title`` section, up to the next ``## `` heading."""
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.M | re.S)
+    assert m, f"README has no '## {title}' section"
+    return m.group(1)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is faster on a busy machine
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_training_loop_runs_and_trains(
+    one_thread: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", _section("A training loop"), re.S)
+    assert len(blocks) == 1, "one complete snippet under '## A training loop'"
+    code = blocks[0]
+    assert len(code.strip().splitlines()) <= 25
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    loss = namespace["loss"]
+    assert isinstance(loss, torch.Tensor) and math.isfinite(loss.item())
+    assert loss.item() < 0.5 * math.log(3)  # well below chance level for three classes
+    assert re.match(r"loss [\d.]+; median warm-up scale [\d.]+", capsys.readouterr().out)
+
+
+def test_the_two_commands_are_under_their_headings() -> None:
+    text = _section("The two commands")
+    for heading, tail in (("**Main job", "python -m benchmarks.demo"), ("**Tests**", "pytest")):
+        start = text.index(heading)
+        command = re.search(r"```bash\n(.*?)\n```", text[start:], re.S)
+        assert command, f"no bash block after {heading}"
+        line = command.group(1)
+        assert line.startswith("pip install torch==2.13.0 && pip install -e '.[")
+        assert line.endswith(tail)
+    assert "'.[test,bench,examples]'" in text and "'.[bench]'" in text
+
+
+def test_ci_reads_the_readme_test_command() -> None:
+    """.ci/run takes the first bash line after a line starting with **Tests**."""
+    awk = re.search(r"awk '(.*?)' README.md", (ROOT / ".ci/run").read_text())
+    assert awk
+    try:
+        proc = subprocess.run(
+            ["awk", awk.group(1), "README.md"], cwd=ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        pytest.skip("no awk")
+    assert proc.stdout.strip() == (
+        "pip install torch==2.13.0 && pip install -e '.[test,bench,examples]' && python -m pytest"
+    )
+
+
+def test_links_and_cited_results_files_exist() -> None:
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README)
+    targets += re.findall(r"<!-- from (\S+) -->", README)
+    assert "benchmarks/results/demo.md" in targets and "docs/warmup.md" in targets
+    for t in targets:
+        if not t.startswith("http"):
+            assert (ROOT / t).exists(), t
+
+
+def test_is_a_front_page() -> None:
+    assert len(README.splitlines()) < 200
+    assert "<!-- policy summary: to be finalised -->" in _section("How it decides")
+    # no word of the project's own history: no issue numbers, sessions or commit hashes
+    commit = r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b"
+    for pattern in (r"\bissue \d", r"\bsessions?\b", commit):
+        assert not re.search(pattern, README, re.I), re.search(pattern, README, re.I)
+
+
+def test_robustness_table_matches_the_demo_results() -> None:
+    """Every method's S, interval and 'stable up to' in the README are the committed demo's."""
+    saved = json.loads((ROOT / "benchmarks/results/demo.json").read_text())
+    rows = {}
+    table = _section("Results").split("<!-- from benchmarks/results/demo.md -->")[1]
+    for line in table.strip().splitlines():
+        if line.startswith("<!--"):
+            continue
+        if not line.startswith("|"):
+            break
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    ms = saved["summary"]["methods"]
+    assert set(ms) <= set(rows), "every method of the demo is in the README table"
+    for m, r in ms.items():
+        lo, hi = r["S_interval"]
+        top = "none" if r["stable_up_to"] is None else f"{r['stable_up_to']:g}"
+        assert rows[m][:3] == [f"{r['S']:.3f}", f"{lo:.3f} to {hi:.3f}", top], m
+    assert f"{len(saved['meta']['seeds'])} seeds" in _section("Results")
+    # the verdict quoted below the table is the script's, word for word
+    for sentence in saved["summary"]["verdict"]:
+        assert f"> {sentence}" in table, sentence
+
+
+def test_step_cost_table_matches_the_step_cost_results() -> None:
+    """Each README row's ratios are the medians in benchmarks/results/step_cost.md."""
+    results: dict[tuple[str, str], list[str]] = {}
+    for line in (ROOT / "benchmarks/results/step_cost.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 8 and cells[1] == "adam" and cells[2] in ("foreach", "fused", "single"):
+            # layout, optimizer, mode, torch ms, warming ms, x torch, sampled x torch, warmed
+            # ms, warmed x torch, ...: the medians before the [q1-q3] brackets
+            results[(cells[0], cells[2])] = [cells[5].split()[0], cells[8].split()[0]]
+    layouts = {"4 × 2048²": "large", "TransformerEncoder": "transformer", "small tensors": "small"}
+    table = _section("Results").split("<!-- from benchmarks/results/step_cost.md -->")[1]
+    rows = [line for line in table.strip().splitlines() if line.startswith("| ")][1:]
+    assert len(rows) >= 3
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        (layout,) = [v for k, v in layouts.items() if k in cells[0]]
+        assert [c.rstrip("×") for c in cells[2:4]] == results[(layout, cells[1])], line
