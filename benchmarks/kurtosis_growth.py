@@ -1,9 +1,11 @@
 """How the measured kurtosis K of g^2 changes over the first steps of real training.
 
-The measured policy starts from a prior ``K_0`` (``Measured.prior_kurtosis``) because the spread
+The precision confidence of ``Measured(confidence=True)`` starts from a prior ``K_0``
+(``Measured.prior_kurtosis``) because the spread
 measured while the parameters have barely moved understates what the updates will cause. This
 script measures that: it trains each task of ``benchmarks.quality`` (full sizes, seed 0, the cosine
-decay of that benchmark) with ``warmopt`` and ``Measured(prior_kurtosis=2)`` -- a Gaussian prior
+decay of that benchmark; the tuning tasks only) with ``Measured(max_update=None, confidence=True,
+drift=True, prior_kurtosis=2)`` -- a Gaussian prior
 that the measurements outweigh after a couple of steps -- at one mid-grid learning rate, and
 reports the per-tensor estimate ``K`` (``state[p]['warmup_kurtosis']``) at a few steps: median and
 quartiles over all tensors with more than one element.
@@ -33,6 +35,9 @@ from benchmarks.quality import build_runner
 from benchmarks.quality_tasks import get_problem, task_specs
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: the precision confidence and lag factor (the fresh-ratio statistics that measure K), with a
+#: Gaussian prior that the measurements outweigh after a couple of steps
+PRIOR2 = warmopt.Measured(max_update=None, confidence=True, drift=True, prior_kurtosis=2.0)
 STEPS = (5, 20, 100)
 LR = 0.01
 
@@ -46,13 +51,13 @@ def kurtosis_trace(task: str, mode: str, steps: tuple[int, ...], lr: float) -> d
     # the quality benchmark's runner (same schedule), with the Gaussian-prior policy
     import benchmarks.quality as quality
 
-    saved = dict(quality.WARMOPT_POLICIES)
-    quality.WARMOPT_POLICIES["warmopt"] = (warmopt.Measured(prior_kurtosis=2.0), "tensor")
+    saved = dict(quality.WARMOPT)
+    quality.WARMOPT["warmopt"] = (lambda: PRIOR2, "tensor")
     try:
         runner = build_runner("warmopt", spec, params, lr)
     finally:
-        quality.WARMOPT_POLICIES.clear()
-        quality.WARMOPT_POLICIES.update(saved)
+        quality.WARMOPT.clear()
+        quality.WARMOPT.update(saved)
     plan = prob.plan(0, spec.steps)
     out: dict[int, list] = {}
     for i in range(min(max(steps), spec.steps)):
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     mode, steps = ("tiny", (2, 4, 8)) if args.tiny else ("full", STEPS)
-    tasks = [s.name for s in task_specs(mode)]
+    tasks = [s.name for s in task_specs(mode) if s.split == "tuning"]
     per_task = {t: kurtosis_trace(t, mode, steps, LR) for t in tasks}
     rows = []
     for step in steps:
@@ -82,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         q1, med, q3 = statistics.quantiles(ks, n=4) if len(ks) > 1 else (ks[0],) * 3
         rows.append({"step": step, "tensors": len(ks), "q1": q1, "median": med, "q3": q3})
     lines = [
-        f"K (estimated excess kurtosis of g^2) per tensor, Measured(prior_kurtosis=2), lr={LR}, "
+        f"K (estimated excess kurtosis of g^2) per tensor, Measured(max_update=None, "
+        f"confidence=True, drift=True, prior_kurtosis=2), lr={LR}, "
         f"seed 0, tasks {', '.join(tasks)}; torch {torch.__version__}, commit {git_commit()}",
         "",
         "| step | tensors | q1 | median | q3 |",

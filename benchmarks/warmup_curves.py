@@ -1,8 +1,12 @@
 """Warm-up scale curves of every policy on synthetic gradients with known statistics.
 
 Feeds i.i.d. gradients of a known distribution (and a drifting one) into the real optimizer
-(``warmopt.Adam`` / ``warmopt.RMSprop``, the same code path users run) and records, per policy,
-the first step at which the scale reaches 0.5, 0.9 and 1.0. Gradients:
+(``warmopt.Adam``, the same code path users run) for one 64 x 64 weight matrix with entries of
+RMS 0.05 (a usual initial scale), and records, per policy, the first step at which the scale
+reaches 0.5, 0.9 and 1.0. The default policy depends on the learning rate (it caps the step
+relative to the weights), so it runs at several; the previous default (``Measured(max_update=None,
+confidence=True, drift=True)``, "v1") and the anchors depend on the step count and the gradients
+only. Gradients:
 
 * ``gaussian``   N(0, 1)                                   kurtosis kappa = 3
 * ``laplace``    Laplace(0, 1)                             kappa = 6
@@ -49,21 +53,25 @@ def make_gradient(kind: str, step: int, n: int, gen: torch.Generator) -> torch.T
 
 POLICIES = {
     "measured": lambda: warmopt.Measured(),
+    "v1": lambda: warmopt.Measured(max_update=None, confidence=True, drift=True),
     "radam": lambda: warmopt.RAdamRectification(),
     "untuned_linear": lambda: warmopt.UntunedLinear(),
     "untuned_exponential": lambda: warmopt.UntunedExponential(),
 }
+#: the default's learning rates (the others run at the first, on which they do not depend)
+LRS = (1e-4, 1e-3, 1e-2, 1e-1)
+SHAPE = (64, 64)
 
 
 def scale_curve(
-    policy_name: str, kind: str, beta2: float, steps: int, n: int = 4096, seed: int = 0
+    policy_name: str, kind: str, beta2: float, steps: int, lr: float = LRS[0], seed: int = 0
 ) -> list[float]:
     gen = torch.Generator().manual_seed(seed)
-    p = torch.nn.Parameter(torch.zeros(n))
-    opt = warmopt.Adam([p], lr=1e-6, betas=(0.9, beta2), warmup=POLICIES[policy_name]())
+    p = torch.nn.Parameter(0.05 * torch.randn(SHAPE, generator=gen))
+    opt = warmopt.Adam([p], lr=lr, betas=(0.9, beta2), warmup=POLICIES[policy_name]())
     curve = []
     for t in range(1, steps + 1):
-        p.grad = make_gradient(kind, t, n, gen)
+        p.grad = make_gradient(kind, t, p.numel(), gen).view(SHAPE)
         opt.step()
         curve.append(float(opt.warmup_scale[0][0]))
     return curve
@@ -89,23 +97,26 @@ def main() -> None:
     for beta2 in betas:
         for kind in kinds:
             for name in POLICIES:
-                if name != "measured" and kind != "gaussian":
+                if name not in ("measured", "v1") and kind != "gaussian":
                     continue  # the anchors depend on the step count only
-                curve = scale_curve(name, kind, beta2, steps)
-                curves[f"{name}/{kind}/{beta2}"] = curve
-                reach = {str(lv): first_reach(curve, lv) for lv in THRESHOLDS}
-                rows.append(
-                    {"beta2": beta2, "gradients": kind, "policy": name, "scale_step1": curve[0],
-                     **{f"steps_to_{k}": v for k, v in reach.items()}}
-                )  # fmt: skip
-                print(rows[-1])
+                for lr in LRS if name == "measured" else LRS[:1]:
+                    curve = scale_curve(name, kind, beta2, steps, lr)
+                    curves[f"{name}/{kind}/{beta2}/{lr}"] = curve
+                    reach = {str(lv): first_reach(curve, lv) for lv in THRESHOLDS}
+                    rows.append(
+                        {"beta2": beta2, "gradients": kind, "policy": name,
+                         "lr": lr if name == "measured" else None, "scale_step1": curve[0],
+                         **{f"steps_to_{k}": v for k, v in reach.items()}}
+                    )  # fmt: skip
+                    print(rows[-1])
     meta = {
         "torch": torch.__version__,
         "machine": platform.platform(),
         "python": platform.python_version(),
         "commit": git_commit(),
         "steps": steps,
-        "numel": 4096,
+        "shape": list(SHAPE),
+        "weight_rms": 0.05,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "warmup_curves_quick" if args.quick else "warmup_curves"
@@ -122,12 +133,13 @@ def _fmt(v: int | None, steps: int) -> str:
 
 def _markdown(rows: list[dict], steps: int) -> str:
     lines = [
-        "| beta2 | gradients | policy | scale at step 1 | steps to 0.5 | to 0.9 | to 1.0 |",
-        "|---|---|---|---|---|---|---|",
+        "| beta2 | gradients | policy | lr | scale at step 1 | steps to 0.5 | to 0.9 | to 1.0 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        lr = "any" if r["lr"] is None else f"{r['lr']:g}"
         lines.append(
-            f"| {r['beta2']} | {r['gradients']} | {r['policy']} | {r['scale_step1']:.3f} | "
+            f"| {r['beta2']} | {r['gradients']} | {r['policy']} | {lr} | {r['scale_step1']:.3f} | "
             f"{_fmt(r['steps_to_0.5'], steps)} | {_fmt(r['steps_to_0.9'], steps)} | "
             f"{_fmt(r['steps_to_1.0'], steps)} |"
         )
@@ -147,11 +159,13 @@ def _plot(curves: dict[str, list[float]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(betas), figsize=(6 * len(betas), 4), squeeze=False)
     for ax, beta2 in zip(axes[0], betas):
         for key, curve in curves.items():
-            name, kind, b = key.split("/")
-            if float(b) != beta2:
+            name, kind, b, lr = key.split("/")
+            if float(b) != beta2 or kind not in ("gaussian", "sparse"):
                 continue
-            label = name if name != "measured" else f"measured ({kind})"
-            ax.plot(range(1, len(curve) + 1), curve, label=label)
+            label = {"measured": f"measured, lr={float(lr):g} ({kind})",
+                     "v1": f"v1 ({kind})"}.get(name, name)  # fmt: skip
+            style = "-" if name == "measured" else ("-." if name == "v1" else "--")
+            ax.plot(range(1, len(curve) + 1), curve, style, label=label, lw=1.2)
         ax.set_xscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("scale")
