@@ -98,3 +98,13 @@ def feed(
         skip = none_every and (step + i) % none_every == 0
         for ps in param_sets:
             ps[i].grad = None if skip else g.to(ps[i].dtype).clone()
+
+
+#: the previous default policy's settings: the precision confidence and the lag factor, no cap
+#: on the relative step (``Measured(**V1)``); tests of that policy's math are pinned to them
+V1 = {"max_update": None, "confidence": True, "drift": True}
+
+
+def v1(**kwargs: Any) -> warmopt.Measured:
+    """The previous default policy, with ``kwargs`` on top (``tol``, ``sample`` ...)."""
+    return warmopt.Measured(**{**V1, **kwargs})

@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import warmopt
-from benchmarks.warmup_curves import first_reach, make_gradient, scale_curve
 from warmopt import _stats
 from warmopt.policies import POLICIES, Statistics
+
+from .cases import v1
+from .curves import first_reach, make_gradient, scale_curve
 
 FAST = settings(max_examples=40, deadline=None)
 betas = st.floats(min_value=0.5, max_value=0.9995)
@@ -109,23 +111,45 @@ def _random_stats(gen: torch.Generator, n: int) -> Statistics:
     count = torch.randint(1, 1000, (n,), generator=gen).float()
     m1 = torch.rand(n, generator=gen) * 5
     m2 = m1 * m1 + torch.rand(n, generator=gen) * 50
-    return Statistics(m1 * count, m2 * count, count, (torch.rand(n, generator=gen) > 0.1).float())
+    # the relative step: leaders (most) with steps from 1e-4 to 10 times their size
+    leader = (torch.rand(n, generator=gen) > 0.2).float()
+    param_sq = torch.rand(n, generator=gen) * 100 * leader
+    step_sq = param_sq * 10 ** (torch.rand(n, generator=gen) * 10 - 8)
+    return Statistics(
+        m1 * count, m2 * count, count, (torch.rand(n, generator=gen) > 0.1).float(),
+        step_sq=step_sq, param_sq=param_sq, leader=leader,
+    )  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(POLICIES))
+#: Measured's components besides the default (the cap alone): the previous default, and each
+#: factor of it on top of the cap
+MEASURED_VARIANTS = {
+    "measured_v1": v1(),
+    "measured_cap_confidence": warmopt.Measured(confidence=True),
+    "measured_cap_drift": warmopt.Measured(drift=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES) + sorted(MEASURED_VARIANTS))
 @pytest.mark.parametrize("bias_corrected", [True, False])
 @FAST
 @given(beta=betas, seed=st.integers(0, 10_000))
 def test_every_policy_scale_lies_in_unit_interval_and_never_falls(
     name: str, bias_corrected: bool, beta: float, seed: int
 ) -> None:
-    """Scales stay in [0, 1]. What may never fall: the scale of every policy but Measured, and
-    Measured's confidence; Measured's scale is the confidence times the drift correction <= 1."""
-    policy = POLICIES[name]()
+    """Scales stay in [0, 1]. What may never fall: the scale of every policy but Measured with
+    ``drift``; Measured's ramps (the cap, and the confidence where it is on), which bound its
+    scale; with ``drift`` the scale is those ramps times the drift correction <= 1."""
+    policy = MEASURED_VARIANTS[name] if name in MEASURED_VARIANTS else POLICIES[name]()
+    ramps: list[str] = []
+    if isinstance(policy, warmopt.Measured):
+        ramps = [k for k, on in (("cap", policy.max_update is not None),
+                                 ("confidence", policy.confidence)) if on]  # fmt: skip
+    falls = isinstance(policy, warmopt.Measured) and policy.drift
     gen = torch.Generator().manual_seed(seed)
     n = 5
     state = {k: torch.full((n,), v) for k, v in policy.initial_state().items()}
-    prev = torch.zeros(n)
+    prev = {k: torch.zeros(n) for k in ["scale", *ramps]}
     for t in range(1, 60):
         step = torch.full((n,), float(t))
         scale, state = policy.update(
@@ -137,11 +161,12 @@ def test_every_policy_scale_lies_in_unit_interval_and_never_falls(
         )
         assert torch.isfinite(scale).all()
         assert ((scale >= 0) & (scale <= 1)).all()
-        rising = state["confidence"] if "confidence" in state else scale
-        assert (rising >= prev - 1e-7).all(), (t, rising, prev)
-        if "confidence" in state:
-            assert (scale <= state["confidence"] + 1e-7).all()
-        prev = rising
+        now = {"scale": scale, **{k: state[k] for k in ramps}}
+        for k in ramps:
+            assert (scale <= state[k] + 1e-7).all(), (t, k, scale, state[k])
+        for k in ramps if falls else now:
+            assert (now[k] >= prev[k] - 1e-7).all(), (t, k, now[k], prev[k])
+        prev = now
 
 
 def first_scale(tol: float = 0.1, prior: float = 32.0, beta: float = 0.999) -> float:
@@ -156,7 +181,7 @@ def first_scale(tol: float = 0.1, prior: float = 32.0, beta: float = 0.999) -> f
 def test_measured_first_step_is_not_lost(tol: float, prior: float) -> None:
     """No step of lr exactly 0: step 1 gets 2 tol / sqrt(prior_kurtosis) (floored, capped at 1)."""
     p = torch.nn.Parameter(torch.zeros(3))
-    policy = warmopt.Measured(tol=tol, prior_kurtosis=prior)
+    policy = v1(tol=tol, prior_kurtosis=prior)
     opt = warmopt.Adam([p], lr=1.0, warmup=policy)
     p.grad = torch.ones(3)
     opt.step()
@@ -167,17 +192,19 @@ def test_measured_first_step_is_not_lost(tol: float, prior: float) -> None:
 def test_measured_without_kurtosis_ignores_the_prior() -> None:
     """The kurtosis=False ablation is Gaussian (K = 2) from the start, whatever the prior."""
     p = torch.nn.Parameter(torch.zeros(3))
-    opt = warmopt.Adam([p], lr=1.0, warmup=warmopt.Measured(kurtosis=False, prior_kurtosis=50))
+    opt = warmopt.Adam([p], lr=1.0, warmup=v1(kurtosis=False, prior_kurtosis=50))
     p.grad = torch.ones(3)
     opt.step()
     assert math.isclose(float(opt.warmup_scale[0][0]), first_scale(0.1, 2.0), rel_tol=1e-6)
 
 
 # ---------------------------------------------------------------- measured, through the optimizer
+# The previous default's warm-up lengths (a vector at zero, lr 1e-6: its scale depends on the
+# statistics of the gradients only).
 
 
 def _reach(kind: str, beta2: float, level: float = 0.9, steps: int = 3000) -> int:
-    r = first_reach(scale_curve("measured", kind, beta2, steps, n=2048), level)
+    r = first_reach(scale_curve(v1(), kind, beta2, steps, n=2048), level)
     assert r is not None, f"{kind} never reached {level} in {steps} steps"
     return r
 
@@ -204,7 +231,8 @@ def test_heavy_tails_with_small_beta_still_finish() -> None:
 def test_measured_is_faster_than_radam_on_gaussian_but_never_below_the_tolerance_rule() -> None:
     """Stationary Gaussian, beta2=0.999: RAdam reaches 0.9 after ~2737 steps whatever the data;
     the measured policy after n_eff ~ 0.81/(2 tol^2) (~41 steps at tol=0.1)."""
-    radam = first_reach(scale_curve("radam", "gaussian", 0.999, 3000, n=16), 0.9)
+    radam_curve = scale_curve(warmopt.RAdamRectification(), "gaussian", 0.999, 3000, n=16)
+    radam = first_reach(radam_curve, 0.9)
     assert radam == 2737
     measured = _reach("gaussian", 0.999)
     assert 30 <= measured <= 80
@@ -216,8 +244,8 @@ def test_scales_are_per_tensor_and_independent() -> None:
     instead of a foreach norm)."""
     gen = torch.Generator().manual_seed(0)
     a1, a2, b = (torch.nn.Parameter(torch.zeros(512)) for _ in range(3))
-    alone = warmopt.Adam([a1], lr=1e-6)
-    together = warmopt.Adam([a2, b], lr=1e-6)
+    alone = warmopt.Adam([a1], lr=1e-6, warmup=v1())
+    together = warmopt.Adam([a2, b], lr=1e-6, warmup=v1())
     for t in range(1, 80):
         g = make_gradient("gaussian", t, 512, gen)
         a1.grad, a2.grad = g.clone(), g.clone()
@@ -231,10 +259,38 @@ def test_scales_are_per_tensor_and_independent() -> None:
     assert float(together.warmup_scale[0][1]) < 0.9
 
 
+def _matrix(shape: tuple[int, int], rms: float, seed: int) -> torch.nn.Parameter:
+    """A weight matrix of entries of RMS ``rms`` (the default policy measures its steps)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.nn.Parameter(rms * torch.randn(shape, generator=gen))
+
+
+def test_default_scales_of_matrices_are_per_tensor_and_independent() -> None:
+    """Under the default the relative step of a matrix is its own: beside another matrix fed
+    other gradients its scale is the one it has alone, while both are still warming."""
+    gen = torch.Generator().manual_seed(0)
+    a1, a2 = _matrix((16, 32), 0.05, 1), _matrix((16, 32), 0.05, 1)
+    b = _matrix((16, 32), 0.05, 2)
+    alone = warmopt.Adam([a1], lr=0.01)
+    together = warmopt.Adam([a2, b], lr=0.01)
+    for t in range(1, 40):
+        g = make_gradient("gaussian", t, 512, gen).view(16, 32)
+        a1.grad, a2.grad = g.clone(), g.clone()
+        b.grad = make_gradient("sparse", t, 512, gen).view(16, 32)
+        alone.step()
+        together.step()
+        assert math.isclose(
+            float(alone.warmup_scale[0][0]), float(together.warmup_scale[0][0]), rel_tol=1e-5
+        )
+    a, other = together.warmup_scale[0].tolist()
+    assert a < 1.0 and other < 1.0  # both still warming
+    assert a != other
+
+
 def test_param_group_added_later_warms_on_its_own() -> None:
     gen = torch.Generator().manual_seed(0)
     old, new = torch.nn.Parameter(torch.zeros(256)), torch.nn.Parameter(torch.zeros(256))
-    opt = warmopt.Adam([old], lr=1e-6)
+    opt = warmopt.Adam([old], lr=1e-6, warmup=v1())
     for t in range(1, 120):
         old.grad = make_gradient("gaussian", t, 256, gen)
         opt.step()
@@ -247,11 +303,38 @@ def test_param_group_added_later_warms_on_its_own() -> None:
     assert math.isclose(float(opt.warmup_scale[1][0]), first_scale(), rel_tol=1e-6)
 
 
+def test_param_group_added_later_warms_on_its_own_under_the_default() -> None:
+    """A matrix at a small lr is warm from its first step and the warm-up ends; a group added
+    later at a larger lr starts warming (at max_update over its relative step), the old one stays
+    at 1."""
+    gen = torch.Generator().manual_seed(0)
+    old, new = _matrix((16, 16), 0.05, 1), _matrix((16, 16), 0.05, 2)
+    opt = warmopt.Adam([old], lr=1e-5)
+    for t in range(1, 4):
+        old.grad = make_gradient("gaussian", t, 256, gen).view(16, 16)
+        opt.step()
+    assert opt.warmup_scale[0].tolist() == [1.0]
+    assert opt._warmup_done
+    opt.add_param_group({"params": [new], "lr": 0.01})
+    old.grad = make_gradient("gaussian", 0, 256, gen).view(16, 16)
+    new.grad = make_gradient("gaussian", 0, 256, gen).view(16, 16)
+    size = float(new.detach().norm())
+    opt.step()
+    assert not opt._warmup_done
+    assert float(opt.warmup_scale[0][0]) == 1.0
+    # Adam's first step is lr * sign(g): relative size lr * 16 / ||p||
+    expected = 0.02 * size / (0.01 * 16)
+    assert expected < 0.5
+    assert math.isclose(float(opt.warmup_scale[1][0]), expected, rel_tol=1e-4)
+
+
 @pytest.mark.parametrize("granularity", ["group", "global"])
 def test_pooled_granularities_share_one_scale(granularity: str) -> None:
     gen = torch.Generator().manual_seed(0)
     ps = [torch.nn.Parameter(torch.zeros(64)) for _ in range(4)]
-    opt = warmopt.Adam([{"params": ps[:2]}, {"params": ps[2:]}], lr=1e-6, granularity=granularity)
+    opt = warmopt.Adam(
+        [{"params": ps[:2]}, {"params": ps[2:]}], lr=1e-6, granularity=granularity, warmup=v1()
+    )
     for t in range(1, 30):
         for i, p in enumerate(ps):
             p.grad = make_gradient("sparse" if i == 3 else "gaussian", t, 64, gen)
@@ -262,12 +345,87 @@ def test_pooled_granularities_share_one_scale(granularity: str) -> None:
         assert g0[0] == g1[0]
 
 
+@pytest.mark.parametrize("granularity", ["group", "global"])
+def test_pooled_granularities_pool_the_relative_step_of_the_leaders(granularity: str) -> None:
+    """Under the default a unit's relative step is sqrt(sum lr^2 |d|^2 / sum |p|^2) over its
+    leaders (matrices): vectors add nothing; a unit without a leader (a group of vectors) takes
+    the median of the others. The units share one scale while they warm, and it never falls."""
+    gen = torch.Generator().manual_seed(0)
+    w0, w1, w2 = _matrix((8, 16), 0.05, 1), _matrix((16, 16), 0.02, 2), _matrix((4, 4), 0.1, 3)
+    b0, b2 = torch.nn.Parameter(torch.zeros(16)), torch.nn.Parameter(torch.zeros(8))
+    groups = [
+        {"params": [w0, b0], "lr": 0.02},
+        {"params": [w1, w2], "lr": 0.01},
+        {"params": [b2], "lr": 0.01},
+    ]
+    opt = warmopt.Adam(groups, granularity=granularity)
+    # step 1: d = sign(g), |lr d|^2 = lr^2 numel
+    lead = [(w0, 0.02), (w1, 0.01), (w2, 0.01)]
+    step_sq = [lr * lr * w.numel() for w, lr in lead]
+    param_sq = [float(w.detach().square().sum()) for w, _ in lead]
+
+    def cap(idx: list[int]) -> float:
+        ratio = math.sqrt(sum(step_sq[i] for i in idx) / sum(param_sq[i] for i in idx))
+        return min(1.0, 0.02 / ratio)
+
+    prev = None
+    for t in range(1, 20):
+        for p in (w0, b0, w1, w2, b2):
+            p.grad = make_gradient("gaussian", t, p.numel(), gen).view(p.shape)
+        opt.step()
+        scales = opt.warmup_scale
+        flat = torch.cat(scales)
+        if t == 1:
+            if granularity == "global":
+                expected = [cap([0, 1, 2])] * 5
+            else:
+                c0, c1 = cap([0]), cap([1, 2])
+                expected = [c0, c0, c1, c1, min(c0, c1)]  # the lower median of two
+            assert flat.tolist() == pytest.approx(expected, rel=1e-4)
+            assert max(expected) < 0.5
+        for g in scales:
+            assert (g == g[0]).all()
+        if granularity == "global":
+            assert (flat == flat[0]).all()
+        if prev is not None:
+            assert (flat >= prev).all()
+        prev = flat
+    assert float(flat.max()) < 1.0  # still warming
+
+
+@pytest.mark.parametrize(
+    "base,kwargs",
+    [
+        ("adam", {}),
+        ("adam", {"weight_decay": 0.1}),
+        ("adamw", {"amsgrad": True}),
+        ("rmsprop", {}),
+        ("rmsprop", {"momentum": 0.9}),
+        ("rmsprop", {"centered": True}),
+    ],
+)
+def test_default_first_step_moves_a_matrix_by_max_update_of_its_size(
+    base: str, kwargs: dict[str, object]
+) -> None:
+    """The step measured is the step taken: on step 1 (the cap binds) each matrix moves by
+    exactly max_update of its norm -- RMSprop's 10x first step (no bias correction) included."""
+    cls = {"adam": warmopt.Adam, "adamw": warmopt.AdamW, "rmsprop": warmopt.RMSprop}[base]
+    w = _matrix((10, 12), 0.05, 1)
+    before = w.detach().clone()
+    opt = cls([w], lr=0.01, **kwargs)
+    w.grad = torch.randn(10, 12, generator=torch.Generator().manual_seed(5))
+    opt.step()
+    assert float(opt.warmup_scale[0][0]) < 0.5
+    moved = float((w.detach() - before).norm()) / float(before.norm())
+    assert math.isclose(moved, 0.02, rel_tol=1e-4)
+
+
 def test_rmsprop_first_step_is_not_ten_times_lr() -> None:
     """torch's RMSprop moves lr/sqrt(1-alpha) = 10 lr on step 1; the measured warm-up removes the
     bias factor exactly, so the step is the measured first scale times lr."""
     p = torch.nn.Parameter(torch.zeros(100))
     q = torch.nn.Parameter(torch.zeros(100))
-    ours, theirs = warmopt.RMSprop([p], lr=0.01), torch.optim.RMSprop([q], lr=0.01)
+    ours, theirs = warmopt.RMSprop([p], lr=0.01, warmup=v1()), torch.optim.RMSprop([q], lr=0.01)
     g = torch.randn(100)
     p.grad, q.grad = g.clone(), g.clone()
     ours.step()
@@ -319,8 +477,8 @@ def test_untuned_and_linear_closed_forms() -> None:
 def test_rewarm_falls_when_the_estimate_goes_stale_and_recovers() -> None:
     gen = torch.Generator().manual_seed(0)
     p, q = torch.nn.Parameter(torch.zeros(1024)), torch.nn.Parameter(torch.zeros(1024))
-    rewarm = warmopt.Adam([p], lr=1e-6, betas=(0.9, 0.99), warmup=warmopt.Measured(rewarm=True))
-    mono = warmopt.Adam([q], lr=1e-6, betas=(0.9, 0.99))
+    rewarm = warmopt.Adam([p], lr=1e-6, betas=(0.9, 0.99), warmup=v1(rewarm=True))
+    mono = warmopt.Adam([q], lr=1e-6, betas=(0.9, 0.99), warmup=v1())
     trace = []
     for t in range(1, 400):
         g = make_gradient("gaussian", t, 1024, gen) * (30.0 if t > 200 else 1.0)
@@ -343,7 +501,7 @@ def test_measure_every_skips_the_statistics_but_not_the_rise() -> None:
 
     gen = torch.Generator().manual_seed(0)
     p = torch.nn.Parameter(torch.zeros(512))
-    opt = warmopt.Adam([p], lr=1e-6, warmup=warmopt.Measured(measure_every=3))
+    opt = warmopt.Adam([p], lr=1e-6, warmup=v1(measure_every=3))
     kurt, scales, ops = [], [], []
     for t in range(1, 200):
         p.grad = make_gradient("gaussian", t, 512, gen)
@@ -375,7 +533,7 @@ def test_measure_every_staggers_the_tensors(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(warmopt._stats, "segment_sums", spy)
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.zeros(64)) for _ in range(6)]
-    opt = warmopt.Adam(params, lr=1e-6, foreach=True, warmup=warmopt.Measured(measure_every=3))
+    opt = warmopt.Adam(params, lr=1e-6, foreach=True, warmup=v1(measure_every=3))
     changed, ops, sizes = [], [], []
     before = [32.0] * len(params)
     for t in range(1, 12):
@@ -426,7 +584,7 @@ def test_sample_windows_tile_the_tensor(n: int, size: int, every: int, starts: l
 def test_sample_measures_a_window_not_the_tensor() -> None:
     """A spike outside the measured window is invisible at that step, inside it is seen."""
     twins = [torch.nn.Parameter(torch.zeros(100)) for _ in range(2)]
-    opts = [warmopt.Adam([p], lr=1e-6, warmup=warmopt.Measured(sample=40)) for p in twins]
+    opts = [warmopt.Adam([p], lr=1e-6, warmup=v1(sample=40)) for p in twins]
     seen = []
     for call in range(4):  # steps 2, 3, 4 measure windows 2, 0, 1: [60, 100), [0, 40), [40, 80)
         for spiked, (p, opt) in enumerate(zip(twins, opts)):
