@@ -74,16 +74,20 @@ CASE_MODES = [(c, m) for c in CASES for m in c.supports]
 
 
 def make_params(
-    shapes: list[tuple[int, ...]], dtype: torch.dtype = torch.float32, seed: int = 0
-) -> list[torch.Tensor]:
+    shapes: list[tuple[int, ...]], dtype: torch.dtype = torch.float32, seed: int = 0,
+    init: float = 1.0,
+) -> list[torch.Tensor]:  # fmt: skip
+    """Parameters of ``shapes`` with N(0, ``init``^2) entries (small ones: the default policy's
+    cap binds, the warm-up lasts)."""
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes]
+    return [(torch.randn(s, generator=gen, dtype=torch.float64) * init).to(dtype) for s in shapes]
 
 
 def twins(
-    shapes: list[tuple[int, ...]], dtype: torch.dtype = torch.float32, n: int = 2
-) -> list[list[torch.nn.Parameter]]:
-    base = make_params(shapes, dtype)
+    shapes: list[tuple[int, ...]], dtype: torch.dtype = torch.float32, n: int = 2,
+    init: float = 1.0,
+) -> list[list[torch.nn.Parameter]]:  # fmt: skip
+    base = make_params(shapes, dtype, init=init)
     return [[torch.nn.Parameter(p.clone()) for p in base] for _ in range(n)]
 
 
