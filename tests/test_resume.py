@@ -13,9 +13,12 @@ import torch
 
 import warmopt
 
-from .cases import MODES, WARMUP_KEYS, feed, twins
+from .cases import MODES, WARMUP_KEYS, feed, twins, v1
 
 SHAPES = [(6, 4), (5,), (), (3, 2, 2)]
+#: RMS of the parameters' entries where a test needs the default policy to be warming: the cap
+#: binds at lr 1e-2 (Adam's first relative step is lr / 0.05 = 0.2, ten times max_update)
+SMALL = 0.05
 
 CONFIGS = [
     pytest.param(warmopt.Adam, {"lr": 1e-2}, "single", id="adam-single"),
@@ -24,13 +27,27 @@ CONFIGS = [
     pytest.param(warmopt.AdamW, {"lr": 1e-2}, "foreach", id="adamw-foreach"),
     pytest.param(warmopt.RMSprop, {"lr": 1e-2, "momentum": 0.5}, "foreach", id="rmsprop-foreach"),
     pytest.param(warmopt.RMSprop, {"lr": 1e-2, "centered": True}, "single", id="rmsprop-single"),
+    # without momentum: the running gradient average warmup_grad_avg (window-sized state)
+    pytest.param(warmopt.RMSprop, {"lr": 1e-2}, "foreach", id="rmsprop-grad-avg-foreach"),
+    pytest.param(warmopt.RMSprop, {"lr": 1e-2, "alpha": 0.9}, "single", id="rmsprop-grad-avg-single"),
+    # the relative step on each tensor's first 5 coordinates (and RMSprop's average on them)
+    pytest.param(
+        warmopt.Adam, {"lr": 1e-2, "warmup": warmopt.Measured(sample=5)}, "foreach",
+        id="adam-window-foreach",
+    ),  # fmt: skip
+    pytest.param(
+        warmopt.RMSprop, {"lr": 1e-2, "warmup": warmopt.Measured(sample=5)}, "single",
+        id="rmsprop-window-single",
+    ),  # fmt: skip
+    # the previous default, whose numbers are the fresh-ratio statistics
+    pytest.param(warmopt.Adam, {"lr": 1e-2, "warmup": v1()}, "single", id="adam-v1-single"),
     # windows of 5 coordinates: keyed on each tensor's step count, so a resumed run measures the
     # same windows as the uninterrupted one
     pytest.param(
         warmopt.Adam,
-        {"lr": 1e-2, "warmup": warmopt.Measured(sample=5)},
+        {"lr": 1e-2, "warmup": v1(sample=5)},
         "foreach",
-        id="adam-sampled-foreach",
+        id="adam-v1-sampled-foreach",
     ),
 ]
 
@@ -68,12 +85,17 @@ def _assert_same_run(
 def test_resume_mid_warmup_follows_the_uninterrupted_run_exactly(
     cls: type, kwargs: dict[str, Any], mode: str, through: str, tmp_path: Path
 ) -> None:
-    ours, resumed = twins(SHAPES)
+    ours, resumed = twins(SHAPES, init=SMALL)
     opt = cls(ours, **kwargs, **MODES[mode])
     for t in range(5):
         feed([ours], t, none_every=3)
         opt.step()
     assert float(torch.cat(opt.warmup_scale).min()) < 0.9  # still warming up
+    averaged = cls is warmopt.RMSprop and not kwargs.get("momentum")
+    if averaged:  # the running gradient average, on each tensor's first `sample` coordinates
+        window = getattr(kwargs.get("warmup"), "sample", 4096)
+        for p in ours:
+            assert opt.state[p]["warmup_grad_avg"].numel() == min(p.numel(), window)
     ckpt = _round_trip(
         {"params": [p.detach().clone() for p in ours], "opt": opt.state_dict()},
         tmp_path / "ckpt.pt" if through == "file" else None,
@@ -84,7 +106,8 @@ def test_resume_mid_warmup_follows_the_uninterrupted_run_exactly(
             p.copy_(saved)
     fresh = cls(resumed, **kwargs, **MODES[mode])
     fresh.load_state_dict(ckpt["opt"])
-    for key in WARMUP_KEYS if cls is not warmopt.RMSprop else ("warmup_scale",):
+    keys = (*WARMUP_KEYS, "warmup_grad_avg") if averaged else WARMUP_KEYS
+    for key in keys:
         assert fresh.state[resumed[0]][key].dtype == torch.float32
     _assert_same_run(ours, resumed, opt, fresh)
 
@@ -93,11 +116,13 @@ def test_resume_mid_warmup_follows_the_uninterrupted_run_exactly(
         opt.step()
         fresh.step()
         _assert_same_run(ours, resumed, opt, fresh)
+    assert float(torch.cat(fresh.warmup_scale).min()) < 1.0  # warmed all along
 
 
 def test_resume_after_the_warmup_ended_stays_exact() -> None:
     """The uninterrupted run knows warm-up is over (torch's step, no lerp); the resumed one does
-    not until its first step (lerp by 0). Both give the same numbers."""
+    not before its first step (a step-count policy has no numbers of its own to tell it; a step
+    at scale 1 is a lerp by 0). Both give the same numbers."""
     ours, resumed = twins(SHAPES)
     opt = warmopt.Adam(ours, lr=1e-2, warmup=warmopt.Linear(3))
     for t in range(6):
@@ -116,6 +141,75 @@ def test_resume_after_the_warmup_ended_stays_exact() -> None:
         opt.step()
         fresh.step()
         _assert_same_run(ours, resumed, opt, fresh)
+
+
+COPIES = ["state_dict", "deepcopy", "pickle"]
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        pytest.param(warmopt.Adam, {"lr": 1e-2}, id="adam"),
+        pytest.param(warmopt.RMSprop, {"lr": 1e-3}, id="rmsprop-grad-avg"),
+        pytest.param(warmopt.Adam, {"lr": 1e-2, "warmup": v1()}, id="adam-v1"),
+    ],
+)
+@pytest.mark.parametrize("how", COPIES)
+def test_resume_after_the_default_warmup_ended_keeps_its_numbers(
+    cls: type, kwargs: dict[str, Any], how: str
+) -> None:
+    """Once every scale is 1 the uninterrupted run steps as torch and its warm-up numbers stay
+    as they were (``warmup_update_ratio``, RMSprop's ``warmup_grad_avg``, V1's kurtosis). A run
+    loaded from its checkpoint, or a copy of it, learns from the loaded scales that the warm-up
+    is over and keeps them too, instead of taking one more warming step that rewrites them."""
+    ours, resumed = twins(SHAPES, init=SMALL)
+    opt = cls(ours, **kwargs)
+    t = 0
+    while not opt._warmup_done:  # the scales reach 1, then the host learns it
+        feed([ours], t)
+        opt.step()
+        t += 1
+        assert t < 300
+    frozen = {k: v.clone() for k, v in opt.state[ours[0]].items() if k.startswith("warmup_")}
+    if how == "state_dict":
+        ckpt = _round_trip(opt.state_dict())
+        with torch.no_grad():
+            for p, q in zip(ours, resumed):
+                q.copy_(p)
+        fresh = cls(resumed, **kwargs)
+        fresh.load_state_dict(ckpt)
+    elif how == "deepcopy":
+        resumed, fresh = copy.deepcopy((ours, opt))
+    else:
+        resumed, fresh = pickle.loads(pickle.dumps((ours, opt)))
+    for t in range(t, t + 3):
+        feed([ours, resumed], t)
+        opt.step()
+        fresh.step()
+        _assert_same_run(ours, resumed, opt, fresh)
+    assert fresh._warmup_done
+    for key, value in frozen.items():
+        assert torch.equal(fresh.state[resumed[0]][key], value), key
+
+
+def test_a_loaded_checkpoint_of_another_policy_at_scale_one_still_warms() -> None:
+    """The loaded scales end the warm-up only where the checkpoint has the policy's own numbers:
+    a warm-up of ``Constant`` (scale 1 at once) loaded into the default starts it from the step
+    counts, as a plain torch checkpoint would."""
+    ours, resumed = twins(SHAPES, init=SMALL)
+    opt = warmopt.Adam(ours, lr=1e-2, warmup="constant")
+    feed([ours], 0)
+    opt.step()
+    ckpt = _round_trip(opt.state_dict())
+    with torch.no_grad():
+        for p, q in zip(ours, resumed):
+            q.copy_(p)
+    fresh = warmopt.Adam(resumed, lr=1e-2)
+    fresh.load_state_dict(ckpt)
+    feed([resumed], 1)
+    fresh.step()
+    assert float(torch.cat(fresh.warmup_scale).max()) < 1.0
+    assert not fresh._warmup_done
 
 
 def test_loaded_rmsprop_keeps_stepping_as_rmsprop() -> None:
@@ -144,7 +238,7 @@ TORCH_TWINS = [
 def test_torch_checkpoint_early_in_training_loads_and_training_continues(
     torch_cls: type, ours_cls: type
 ) -> None:
-    theirs, ours = twins(SHAPES)
+    theirs, ours = twins(SHAPES, init=SMALL)
     ref = torch_cls(theirs, lr=1e-2)
     for t in range(3):
         feed([theirs], t)
@@ -164,18 +258,23 @@ def test_torch_checkpoint_early_in_training_loads_and_training_continues(
         scales = torch.cat(opt.warmup_scale)
         assert ((scales >= 0) & (scales <= 1)).all()
         assert all(torch.isfinite(p).all() for p in ours)
+        if t == 3:
+            assert float(scales.max()) < 1.0  # the step these moments give: the cap binds
     assert all(float(opt.state[p]["step"]) == 8 for p in ours)
     assert all(set(WARMUP_KEYS[:1]) <= set(opt.state[p]) for p in ours)
 
 
+@pytest.mark.parametrize("policy", ["measured", v1()], ids=["default", "v1"])
 @pytest.mark.parametrize("torch_cls,ours_cls", TORCH_TWINS)
 def test_warmup_after_a_2000_step_torch_checkpoint_restarts_from_its_step_count(
-    torch_cls: type, ours_cls: type
+    torch_cls: type, ours_cls: type, policy: Any
 ) -> None:
     """A long-trained torch checkpoint has a settled second moment: the policy, restarting from
     the saved step count, goes to (near) 1 at once instead of restarting at the first step's
-    scale."""
-    theirs, ours, new = twins([(8, 4), (4,)], n=3)
+    scale. The default: the step those moments give is small against the weights (entries of RMS
+    0.005 at the start, ~0.04 after the 2000 steps), where a fresh run's first step at the same lr
+    is 10 times max_update; the previous default: n_eff at step 2000 is large."""
+    theirs, ours, new = twins([(8, 4), (4,)], n=3, init=0.005)
     ref = torch_cls(theirs, lr=1e-3)
     for t in range(2000):
         feed([theirs], t)
@@ -184,9 +283,9 @@ def test_warmup_after_a_2000_step_torch_checkpoint_restarts_from_its_step_count(
     with torch.no_grad():
         for p, q in zip(ours, theirs):
             p.copy_(q)
-    opt = ours_cls(ours, lr=1e-3)
+    opt = ours_cls(ours, lr=1e-3, warmup=policy)
     opt.load_state_dict(ckpt)
-    start = ours_cls(new, lr=1e-3)  # a fresh run for contrast
+    start = ours_cls(new, lr=1e-3, warmup=policy)  # a fresh run for contrast
     feed([ours, new], 2000)
     opt.step()
     start.step()
@@ -206,11 +305,12 @@ def test_warmopt_checkpoint_loads_into_the_plain_torch_optimizer(
     torch_cls: type, ours_cls: type
 ) -> None:
     """torch keeps the extra warmup_* keys as opaque state and steps as if they were not there."""
-    ours, theirs, control = twins(SHAPES, n=3)
+    ours, theirs, control = twins(SHAPES, n=3, init=SMALL)
     opt = ours_cls(ours, lr=1e-2)
     for t in range(4):
         feed([ours], t)
         opt.step()
+    assert float(torch.cat(opt.warmup_scale).min()) < 1.0  # saved mid-warm-up
     ckpt = _round_trip(opt.state_dict())
     stripped = copy.deepcopy(ckpt)
     for st in stripped["state"].values():
@@ -248,7 +348,7 @@ def test_warmopt_checkpoint_loads_into_the_plain_torch_optimizer(
         ),
         pytest.param(
             lambda ps: warmopt.WarmupOptimizer(
-                torch.optim.RMSprop(ps, lr=1e-2), warmup=warmopt.Measured(tol=0.2)
+                torch.optim.RMSprop(ps, lr=1e-2), warmup=warmopt.Measured(max_update=0.01)
             ),
             id="wrapped-rmsprop",
         ),
@@ -256,11 +356,12 @@ def test_warmopt_checkpoint_loads_into_the_plain_torch_optimizer(
 )
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_deepcopy_and_pickle_continue_identically(make: Any, how: str) -> None:
-    (ours,) = twins(SHAPES, n=1)
+    (ours,) = twins(SHAPES, n=1, init=SMALL)
     opt = make(ours)
     for t in range(3):
         feed([ours], t)
         opt.step()
+    assert float(torch.cat(opt.warmup_scale).min()) < 1.0  # copied mid-warm-up
     if how == "deepcopy":
         params2, opt2 = copy.deepcopy((ours, opt))
     else:
@@ -306,7 +407,7 @@ def test_a_checkpoint_of_another_policy_resumes_as_a_plain_torch_checkpoint(
     """Same policy: exact resume. Another one: the keys the new policy does not use are dropped,
     the missing ones start fresh, so the run continues exactly as from the same checkpoint
     without any warm-up state (the scale follows from the step counts)."""
-    saved, resumed, control = twins(SHAPES, n=3)
+    saved, resumed, control = twins(SHAPES, n=3, init=SMALL)
     opt = warmopt.Adam(saved, lr=1e-2, warmup=source)
     for t in range(4):
         feed([saved], t)
@@ -344,25 +445,30 @@ def _groups(ps: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
     return [{"params": ps[:2]}, {"params": ps[2:], "lr": 3e-2}]
 
 
+@pytest.mark.parametrize(
+    "policy,ramp", [("measured", "warmup_cap"), (v1(), "warmup_confidence")], ids=["default", "v1"]
+)
 @pytest.mark.parametrize("target", warmopt.GRANULARITIES)
 @pytest.mark.parametrize("source", warmopt.GRANULARITIES)
 def test_a_checkpoint_of_another_granularity_pools_into_the_new_units(
-    source: str, target: str
+    source: str, target: str, policy: Any, ramp: str
 ) -> None:
     """The per-tensor numbers are pooled into the new units on the next step: one scale per
-    unit, and each unit at least as confident as its least-warmed tensor was."""
-    saved, resumed = twins(SHAPES)
-    opt = warmopt.Adam(_groups(saved), lr=1e-2, granularity=source)
+    unit, and each unit at least as far along (the default's cap, V1's confidence) as its
+    least-warmed tensor was."""
+    saved, resumed = twins(SHAPES, init=SMALL)
+    opt = warmopt.Adam(_groups(saved), lr=1e-2, granularity=source, warmup=policy)
     for t in range(6):
         feed([saved], t)
         opt.step()
+    assert float(torch.cat(opt.warmup_scale).min()) < 1.0  # saved mid-warm-up
     ckpt = _round_trip(opt.state_dict())
     with torch.no_grad():
         for p, q in zip(saved, resumed):
             q.copy_(p)
-    new = warmopt.Adam(_groups(resumed), lr=1e-2, granularity=target)
+    new = warmopt.Adam(_groups(resumed), lr=1e-2, granularity=target, warmup=policy)
     new.load_state_dict(ckpt)
-    before = [float(new.state[p]["warmup_confidence"]) for p in resumed]
+    before = [float(new.state[p][ramp]) for p in resumed]
     unit = {
         "tensor": list(range(len(resumed))),
         "group": [0, 0] + [1] * (len(resumed) - 2),
@@ -380,4 +486,4 @@ def test_a_checkpoint_of_another_granularity_pools_into_the_new_units(
         members = [i for i, v in enumerate(unit) if v == u]
         assert all(scales[i] == scales[j] for i in members), (target, scales)
         floor = min(before[i] for i in members)
-        assert float(new.state[resumed[j]]["warmup_confidence"]) >= floor
+        assert float(new.state[resumed[j]][ramp]) >= floor

@@ -218,6 +218,8 @@ class WarmupOptimizer(Optimizer):
         self._book = Book()
         self._layouts = Layouts()
         self._cpu_is_host = not device_path_on_cpu()
+        if name is not None:  # a copy or an unpickled optimizer: its state is its own policy's
+            self._publish_done(self.state)
 
     @torch._disable_dynamo  # type: ignore[attr-defined]
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -270,7 +272,41 @@ class WarmupOptimizer(Optimizer):
             step = self.state.get(p, {}).get("step")
             if isinstance(step, Tensor) and not (self._cpu_is_host and step.device.type == "cpu"):
                 self._book.steps[p] = int(float(saved["step"]))
+        # whether the saved run's warm-up was over, from the keys as saved (before the missing
+        # ones are filled in: a checkpoint of another policy restarts from its step counts)
+        if self.warmup is not None and self.warmup.state_init:
+            saved_state = {p: state_dict["state"].get(i, {}) for i, p in zip(saved_ids, params)}
+            self._publish_done(saved_state)
         fit_warmup_state(self.state, self.warmup)
+
+    def _publish_done(self, saved: dict[Any, dict[str, Any]]) -> None:
+        """Tell the host, as a step would, that the warm-up of a loaded or copied state was over.
+
+        The run that saved it stopped measuring once every scale was 1 (its numbers stay as
+        they were then); without this the loaded run would take one more warming step before it
+        learned so, rewriting the policy's numbers (``warmup_update_ratio``, RMSprop's
+        ``warmup_grad_avg``, ...) that the uninterrupted run keeps. Published as the device's
+        flag (a non-blocking copy, no sync) where every parameter with state has all of this
+        policy's keys in ``saved`` and every scale is 1, for a policy whose scale cannot fall.
+        On load only for a policy with numbers of its own (``Measured``: its keys tell its
+        checkpoints apart; a step-count policy has nothing to rewrite, and a checkpoint of
+        another one must restart from the step counts).
+        """
+        policy = self.warmup
+        if policy is None or policy.spec.can_fall:
+            return
+        names = [_PREFIX + k for k in ("scale", *policy.state_init)]
+        scales = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not self.state.get(p):
+                    continue  # never stepped: its first step makes state, and warms
+                entries = saved.get(p, {})
+                if not all(isinstance(entries.get(n), Tensor) for n in names):
+                    return  # warm-up state to be made (or of another policy): the step decides
+                scales.append(self.state[p][_PREFIX + "scale"])
+        if scales:
+            self._book.done_flag.publish((stack_to(scales, scales[0].device) >= 1.0).all())
 
     # ------------------------------------------------------------------ the step
 
