@@ -80,6 +80,10 @@ class _Pass:
     #: multi-MB buffers on every step cost page faults on the CPU. Dropped with the layouts when
     #: the warm-up ends. Empty: allocated on every step.
     work: list[Tensor]
+    #: the running gradient average laid out like this pass, ``(matrix, views)``, where the
+    #: measure stage keeps one (:meth:`Layouts.grad_average`; kept on the layout, not in a table
+    #: keyed by ``id(layout)``, which torch.compile cannot trace)
+    averaged: tuple[Tensor, list[Tensor]] | None = None
 
 
 class Layouts:
@@ -176,14 +180,12 @@ class Layouts:
         again, from the entries' values, when they are not those views (first use, a loaded
         checkpoint, another set of tensors); an entry that is missing or of another size starts
         at zero."""
-        key = ("grad_avg", id(layout))
-        got = self._vectors.get(key)
+        got = layout.averaged
         entries = [state[p].get("warmup_grad_avg") for p in params]
         if got is not None:
             flat, views = got
             if all(map(operator.is_, views, entries)):
-                self._vectors.move_to_end(key)
-                return flat  # type: ignore[no-any-return]
+                return flat
         flat = torch.zeros(layout.rows.numel(), _stats.BLOCK, dtype=dtype,
                            device=layout.rows.device)  # fmt: skip
         views, start = [], 0
@@ -195,7 +197,7 @@ class Layouts:
                 state[p]["warmup_grad_avg"] = view
                 views.append(view)
                 start += -(-k // _stats.BLOCK) * _stats.BLOCK
-        self._remember(self._vectors, key, (flat, views))
+        layout.averaged = (flat, views)
         return flat
 
     def vector(self, key: Any, values: list[float], home: torch.device) -> Tensor:
