@@ -136,3 +136,29 @@ def test_only_vectors_warm_at_full_scale() -> None:
 def test_bad_settings_name_the_argument(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         warmopt.Measured(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("rewarm", [False, True])
+def test_a_nan_gradient_measures_nothing(rewarm: bool) -> None:
+    """A NaN in a matrix's gradient makes its relative step NaN: the tensor keeps its cap and
+    its last relative step (no NaN scale poisons the whole tensor, where torch poisons one
+    coordinate), the median the vectors follow leaves it out, the other matrices go on."""
+    a, b = _matrix(seed=1), _matrix(seed=2)
+    bias = torch.nn.Parameter(torch.zeros(32))
+    opt = warmopt.Adam([a, b, bias], lr=0.1, warmup=warmopt.Measured(rewarm=rewarm))
+    gen = torch.Generator().manual_seed(0)
+    for p in (a, b, bias):
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()
+    before = {k: opt.state[a][k].clone() for k in ("warmup_cap", "warmup_update_ratio")}
+    for p in (a, b, bias):
+        p.grad = torch.randn(p.shape, generator=gen)
+    a.grad[3, 4] = float("nan")  # type: ignore[index]
+    opt.step()
+    for key, value in before.items():
+        assert torch.equal(opt.state[a][key], value), key
+    s = _scales(opt)
+    assert all(math.isfinite(x) for x in s)
+    assert s[0] == float(before["warmup_cap"])
+    assert s[2] == s[1]  # the bias follows the only matrix measured
+    assert int(torch.isnan(a.detach()).sum()) == 1  # torch's own poisoning, one coordinate

@@ -110,3 +110,28 @@ def test_windows_of_non_contiguous_gradients_are_the_same_coordinates() -> None:
         opt_b.step()
         torch.testing.assert_close(opt_a.warmup_scale[0], opt_b.warmup_scale[0], rtol=0, atol=0)
     assert 0 < float(max(opt_a.warmup_scale[0])) < 1
+
+
+@pytest.mark.parametrize("mode", ["single", "foreach", "fused"])
+def test_a_nan_gradient_matches_reference(mode: str) -> None:
+    """A NaN gradient coordinate (no GradScaler): the fast step and the oracle agree on every
+    scale -- the poisoned matrix keeps its cap, then (its norm NaN) follows the others -- and
+    on which coordinates torch poisons."""
+    policy = warmopt.Measured(max_update=0.002)
+    fast, slow = twins(SHAPES)
+    opt = warmopt.Adam(fast, lr=1e-2, **MODES[mode], warmup=policy)
+    ref = ReferenceOptimizer(slow, "adam", policy, lr=1e-2)
+    for t in range(8):
+        feed([fast, slow], t)
+        if t == 3:
+            for ps in (fast, slow):
+                ps[0].grad[1, 2] = float("nan")  # type: ignore[index]
+        opt.step()
+        ref.step()
+        scales = opt.warmup_scale[0]
+        for i in ref.scales:
+            assert abs(float(scales[i]) - ref.scales[i]) < 2e-5, (t, i)
+    assert float(max(opt.warmup_scale[0])) < 1
+    for a, b in zip(fast, slow):
+        assert torch.equal(torch.isnan(a), torch.isnan(b))
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)

@@ -154,7 +154,7 @@ class ReferenceOptimizer:
                 st["gbar"] = 0.9 * st.get("gbar", torch.zeros(k, dtype=torch.float64)) + 0.1 * gf
                 d = (st["gbar"] / (1 - 0.9**t)) / den
         norm_p = float(pf.norm())
-        if (p.dim() < 2 and pol.follow_vectors) or norm_p == 0.0:
+        if (p.dim() < 2 and pol.follow_vectors) or not norm_p > 0.0:  # zero (or NaN): follows
             return None
         return float(h.get("lr", 1e-3)) * float(d.norm()) / norm_p
 
@@ -224,10 +224,15 @@ class ReferenceOptimizer:
         # the cap of every tensor first: the vectors follow the median of the matrices
         pol = self.policy
         if isinstance(pol, Measured) and pol.max_update is not None:
+            # a NaN step (NaN gradient) measures nothing: the tensor keeps its cap
+            blind = {i for i, *_, ratio in pending if ratio is not None and math.isnan(ratio)}
             lead = {i: min(1.0, pol.max_update / ratio) if ratio > 0 else 1.0
-                    for i, _, _, _, _, _, _, ratio in pending if ratio is not None}  # fmt: skip
+                    for i, _, _, _, _, _, _, ratio in pending
+                    if ratio is not None and i not in blind}  # fmt: skip
             follow = statistics.median_low(lead.values()) if lead else 1.0
             for i, _, _, st, _, _, _, _ in pending:
+                if i in blind:
+                    continue
                 c = lead.get(i, follow)
                 st["cap"] = c if pol.rewarm else max(st["cap"], c)
         for i, p, g, st, t, beta, r, _ in pending:

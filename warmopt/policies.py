@@ -354,12 +354,17 @@ class Measured(WarmupPolicy):
             assert stats.leader is not None
             lead = stats.leader > 0
             ratio = torch.sqrt(stats.step_sq.double() / stats.param_sq.double().clamp_min(1e-300))
+            # a NaN step (a NaN gradient: torch poisons those coordinates) measures nothing: the
+            # tensor keeps its numbers and is left out of the median
+            blind = lead & ratio.isnan()
             ratio = torch.where(lead, ratio, 0.0)
             cap = torch.clamp(self.max_update / ratio, max=1.0)  # ratio 0: inf, clamped to 1
             median = torch.nanmedian(torch.where(lead, cap, math.nan))
             cap = torch.where(lead, cap, torch.where(median.isnan(), 1.0, median))
+            cap = torch.where(blind, state["cap"].double(), cap)
             if not self.rewarm:
                 cap = torch.maximum(state["cap"].double(), cap)
+            ratio = torch.where(blind, state["update_ratio"].double(), ratio)
             new_state["cap"], new_state["update_ratio"] = cap.float(), ratio.float()
             scale = cap
         if self._fresh:
