@@ -14,9 +14,13 @@ from torch.optim import lr_scheduler as lrs
 import warmopt
 from warmopt._device import DEVICE_PATH_ON_CPU
 
-from .cases import feed, twins
+from .cases import feed, twins, v1
 
 SHAPES = [(6, 4), (4,), (3, 3)]
+#: RMS of the parameters' entries: small enough that the default policy's cap binds at these
+#: learning rates (Adam's first relative step at lr 1e-2 is 0.2, ten times max_update), so the
+#: steps these tests look at are warming ones
+SMALL = 0.05
 
 
 def _groups(ps: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
@@ -55,25 +59,36 @@ def _hyper(opt: torch.optim.Optimizer) -> list[tuple[Any, Any]]:
     return [(g["lr"], g["betas"]) for g in opt.param_groups]
 
 
+#: entries of RMS 0.005: the default's cap binds for most of the 12 steps at these schedules
+#: (the scale rises as the scheduler lowers lr; a decay to ~0 ends the warm-up before the end)
+TINY = 0.005
+
+
 @pytest.mark.parametrize("make_sched", SCHEDULERS)
-@pytest.mark.parametrize("warmup", ["measured", None])
+@pytest.mark.parametrize("warmup", ["measured", v1(), None], ids=["measured", "v1", "none"])
 def test_schedulers_drive_lr_exactly_as_on_torch_adam(
-    make_sched: Callable[[torch.optim.Optimizer], Any], warmup: str | None
+    make_sched: Callable[[torch.optim.Optimizer], Any], warmup: Any
 ) -> None:
     """The warm-up never writes lr (or betas): every step the scheduler leaves the same values
-    in param_groups as on a torch.optim.Adam twin; with warmup=None the trajectory is torch's."""
-    ours, theirs = twins(SHAPES)
+    in param_groups as on a torch.optim.Adam twin; with warmup=None the trajectory is torch's.
+    The warm-up runs under the scheduler: steps at several of the lrs it sets are warming ones
+    (the default's scale follows lr, so it may end before the schedule does; the previous
+    default's does not depend on lr and is still below 1 after the 12 steps)."""
+    ours, theirs = twins(SHAPES, init=TINY)
     opt = warmopt.Adam(_groups(ours), lr=1e-2, warmup=warmup)
     ref = torch.optim.Adam(_groups(theirs), lr=1e-2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sched, ref_sched = make_sched(opt), make_sched(ref)
         assert _hyper(opt) == _hyper(ref)
-        seen = set()
+        seen, warming = set(), set()
         for t in range(12):
             feed([ours, theirs], t)
+            lr = opt.param_groups[0]["lr"]
             opt.step()
             ref.step()
+            if float(torch.cat(opt.warmup_scale).min()) < 1:
+                warming.add(lr)  # a warming step at the lr the scheduler set
             _sched_step(sched, t)
             _sched_step(ref_sched, t)
             assert _hyper(opt) == _hyper(ref), t
@@ -84,7 +99,9 @@ def test_schedulers_drive_lr_exactly_as_on_torch_adam(
         for p, q in zip(ours, theirs):
             assert torch.equal(p, q)
     else:
-        assert float(torch.cat(opt.warmup_scale).min()) < 1  # warm-up ran under the scheduler
+        assert len(warming) > 2, warming  # warm-up ran under the scheduler
+        if warmup != "measured":
+            assert float(torch.cat(opt.warmup_scale).min()) < 1
         assert sched.state_dict().keys() == ref_sched.state_dict().keys()
 
 
@@ -174,15 +191,24 @@ def _run_schedule(opt: torch.optim.Optimizer, ps: list[Any], make: Any, steps: i
 
 
 @pytest.mark.parametrize("make_sched,rises", LR_SHAPES)
-@pytest.mark.parametrize("warmup", ["measured", None])
+@pytest.mark.parametrize("warmup", ["measured", v1(), None], ids=["measured", "v1", "none"])
 def test_a_scheduler_warmup_during_warmopts_warns_once_naming_both_ways_out(
-    make_sched: Any, rises: bool, warmup: str | None
+    make_sched: Any, rises: bool, warmup: Any, request: pytest.FixtureRequest
 ) -> None:
     """The two ramps multiply: a rising lr while warming warns once; decaying or constant
-    schedules, and warmup=None, never warn."""
-    (ps,) = twins(SHAPES, n=1)
+    schedules, and warmup=None, never warn. A schedule from lr 0 (transformers' warm-up) under
+    the default: the first step, at lr 0, has no size to cap, so its scale is 1 and, being a
+    running maximum, stays 1 -- the warm-up is over before the lr rises, nothing multiplies, no
+    warning."""
+    (ps,) = twins(SHAPES, n=1, init=TINY)
     opt = warmopt.Adam(_groups(ps), lr=1e-2, warmup=warmup)
     caught = _run_schedule(opt, ps, make_sched)
+    from_zero = "LambdaLR-warmup-from-0" in request.node.name
+    if warmup == "measured" and from_zero:
+        assert opt._warmup_done and caught == []
+        return
+    if warmup is not None:
+        assert not opt._warmup_done  # warming all along: each rise counts
     assert len(caught) == (1 if rises and warmup is not None else 0), caught
     if caught:
         (w,) = caught
@@ -201,14 +227,15 @@ def test_a_rise_after_warmopts_warmup_ended_does_not_warn() -> None:
 
 def test_a_tensor_lr_is_not_read_for_the_rise_check() -> None:
     """A tensor lr (the torch.compile recipe) is skipped: reading it could sync."""
-    (ps,) = twins(SHAPES, n=1)
+    (ps,) = twins(SHAPES, n=1, init=SMALL)
     opt = warmopt.Adam(ps, lr=torch.tensor(1e-2))
     caught = _run_schedule(opt, ps, lambda o: lrs.LinearLR(o, start_factor=0.1, total_iters=5))
     assert caught == [] and float(opt.param_groups[0]["lr"]) == pytest.approx(1e-2)
+    assert not opt._warmup_done  # the lr rose while warming
 
 
 def test_loading_a_checkpoint_with_a_higher_lr_is_not_a_rise() -> None:
-    (ps,) = twins(SHAPES, n=1)
+    (ps,) = twins(SHAPES, n=1, init=0.01)  # the cap binds at lr 1e-3 (first relative step 0.1)
     opt = warmopt.Adam(ps, lr=1e-3)
     feed([ps], 0)
     opt.step()
@@ -220,6 +247,7 @@ def test_loading_a_checkpoint_with_a_higher_lr_is_not_a_rise() -> None:
         feed([ps], 1)
         opt.step()
     assert _rise_warnings(caught) == []
+    assert float(torch.cat(opt.warmup_scale).max()) < 1.0  # still warming
 
 
 # ---------------------------------------------------------------- GradScaler
@@ -228,8 +256,14 @@ BAD = float("inf")
 
 
 def _model(seed: int = 0) -> torch.nn.Module:
+    """A small MLP whose weights are a tenth of torch's initial ones (entries of RMS ~0.025): the
+    default policy's cap binds at lr 1e-2 for the steps the tests look at."""
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2))
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.1)
+    return model
 
 
 def _batch(t: int) -> torch.Tensor:
@@ -300,6 +334,9 @@ NON_FUSED = [
     pytest.param(lambda ps: warmopt.Adam(ps, lr=1e-2, foreach=True), id="adam-foreach"),
     pytest.param(lambda ps: warmopt.AdamW(ps, lr=1e-2), id="adamw"),
     pytest.param(lambda ps: warmopt.RMSprop(ps, lr=1e-2, momentum=0.5), id="rmsprop"),
+    # without momentum: the running gradient average warmup_grad_avg
+    pytest.param(lambda ps: warmopt.RMSprop(ps, lr=1e-2), id="rmsprop-grad-avg"),
+    pytest.param(lambda ps: warmopt.Adam(ps, lr=1e-2, warmup=v1()), id="adam-v1"),
 ]
 FUSED = [
     pytest.param(lambda ps: warmopt.Adam(ps, lr=1e-2, fused=True), id="adam-fused"),
@@ -313,7 +350,14 @@ FUSED = [
         lambda ps: warmopt.WarmupOptimizer(torch.optim.Adam(ps, lr=1e-2, fused=True)),
         id="wrapped-fused",
     ),
+    pytest.param(lambda ps: warmopt.Adam(ps, lr=1e-2, fused=True, warmup=v1()), id="adam-v1-fused"),
 ]
+
+
+def _warming_before(pair: dict[str, Any]) -> bool:
+    """Whether some tensor was still warming before the bad step (then a step that went through
+    would have changed its warm-up numbers)."""
+    return any(float(st["warmup_scale"]) < 1 for st in pair["before"]["state"].values())
 
 
 def test_grad_scaler_works_on_cpu() -> None:
@@ -334,6 +378,11 @@ def test_grad_scaler_skips_the_step_on_inf_non_fused_path(
     model, opt, pairs = _scaled_run(make_opt, steps, {bad_step})
     (pair,) = pairs
     _assert_snapshots_equal(pair["before"], pair["after"])
+    if bad_step:
+        assert _warming_before(pair)
+        if "warmup_grad_avg" in pair["before"]["state"][0]:  # RMSprop's average kept too
+            for st in pair["after"]["state"].values():
+                assert st["warmup_grad_avg"].abs().sum() > 0
     clean_model, clean_opt, _ = _scaled_run(make_opt, [t for t in steps if t != bad_step], set())
     _assert_snapshots_equal(_snapshot(model, opt), _snapshot(clean_model, clean_opt))
 
@@ -368,12 +417,18 @@ def test_grad_scaler_fused_path_inf_step_changes_nothing(
             assert float(st["warmup_scale"]) == 0 and float(st["warmup_evidence"]) == 1
             assert float(st["warmup_kurtosis"]) == warmopt.Measured().prior_kurtosis
             assert float(st["warmup_confidence"]) == 0
+            assert float(st["warmup_cap"]) == 0 and float(st["warmup_update_ratio"]) == 0
             assert not st["exp_avg"].any() and not st["exp_avg_sq"].any()
         for x, y in zip(pair["before"]["params"], after["params"]):
             assert torch.equal(x, y)
     else:
         _assert_snapshots_equal(pair["before"], after)
-        assert "warmup_drift" in after["state"][0]
+        assert _warming_before(pair)
+        for st_before, st_after in zip(pair["before"]["state"].values(), after["state"].values()):
+            for key in ("warmup_cap", "warmup_update_ratio", "warmup_drift"):
+                assert torch.equal(st_before[key], st_after[key]), key
+        if opt.warmup == warmopt.Measured():  # the cap was measured before the bad step
+            assert any(float(st["warmup_update_ratio"]) > 0 for st in after["state"].values())
     clean_model, clean_opt, _ = _scaled_run(make_opt, [t for t in steps if t != bad_step], set())
     _assert_snapshots_equal(_snapshot(model, opt), _snapshot(clean_model, clean_opt))
 
@@ -396,7 +451,9 @@ def test_loss_scale_does_not_change_the_warmup_statistics(
     plain_model, plain_opt, _ = _scaled_run(make_opt, steps, set(), scaler=False, clip=clip)
     for p, q in zip(model.parameters(), plain_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
-        for key in ("warmup_scale", "warmup_kurtosis", "warmup_drift", "exp_avg_sq"):
+        keys = ("warmup_scale", "warmup_cap", "warmup_update_ratio", "warmup_kurtosis",
+                "warmup_drift", "exp_avg_sq")  # fmt: skip
+        for key in keys:
             torch.testing.assert_close(
                 opt.state[p][key], plain_opt.state[q][key], rtol=1e-5, atol=1e-7
             )
@@ -412,7 +469,7 @@ def test_nan_gradient_without_a_scaler_poisons_params_as_torch_adam_does(
     torch.optim.Adam) - the coordinate's moments and parameter become NaN at the same places as
     in torch and stay NaN. The warm-up numbers themselves stay finite (a NaN sum measures
     nothing), so the other tensors keep warming up."""
-    ours, theirs = twins(SHAPES)
+    ours, theirs = twins(SHAPES, init=SMALL)
     opt = warmopt.Adam(ours, lr=1e-2, warmup=warmup, **mode)
     ref = torch.optim.Adam(theirs, lr=1e-2, **mode)
     for t in range(6):
@@ -482,17 +539,23 @@ def test_compiled_train_step_matches_eager(cls: type) -> None:
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
-def test_compiled_step_does_not_recompile_as_the_scale_and_lr_change() -> None:
+@pytest.mark.parametrize(
+    "warmup,decay", [("measured", 0.7), (v1(), 0.95)], ids=["measured", "v1"]
+)
+def test_compiled_step_does_not_recompile_as_the_scale_and_lr_change(
+    warmup: Any, decay: float
+) -> None:
     """What is realistic: step 1 compiles (with graph breaks: torch's _init_group is
     compiler-disabled for subclasses, and the host read of "warm-up finished" is data
     dependent), step 2 recompiles once because step 1 created the state (as for torch's own
     optimizers), and after that no step recompiles while the scales move every step and a
-    scheduler fills the tensor lr."""
+    scheduler fills the tensor lr. (The default's scale is a running maximum of max_update over
+    the relative step: a decay of lr by 0.7 a step makes it rise on every step.)"""
     from torch._dynamo.testing import CompileCounter
 
-    (ours,) = twins(SHAPES, n=1)
-    opt = warmopt.Adam(ours, lr=torch.tensor(1e-2))
-    sched = lrs.LambdaLR(opt, lambda t: 0.95**t)
+    (ours,) = twins(SHAPES, n=1, init=TINY)
+    opt = warmopt.Adam(ours, lr=torch.tensor(1e-2), warmup=warmup)
+    sched = lrs.LambdaLR(opt, lambda t: decay**t)
     counter = CompileCounter()
 
     @torch.compile(backend=counter)
@@ -510,6 +573,7 @@ def test_compiled_step_does_not_recompile_as_the_scale_and_lr_change() -> None:
     assert frames[1] <= 4, frames  # a handful of graphs, not one per step
     assert all(not torch.equal(a, b) for a, b in itertools.pairwise(scales[2:]))  # scale moved
     assert float(opt.param_groups[0]["lr"]) < 1e-2  # and so did lr
+    assert float(scales[-1].max()) < 1  # still warming
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
@@ -541,7 +605,7 @@ def test_compiled_step_recompiles_once_when_the_warmup_ends() -> None:
 def test_inductor_compiled_step_matches_eager() -> None:
     """The default backend (inductor, C++ codegen on CPU). Slow: about 50 s of C++ compilation on
     a 2-core machine with a cold cache."""
-    ours, theirs = twins(SHAPES)
+    ours, theirs = twins(SHAPES, init=SMALL)
     opt = warmopt.Adam(ours, lr=torch.tensor(1e-2))
     ref = warmopt.Adam(theirs, lr=torch.tensor(1e-2))
 
@@ -556,6 +620,7 @@ def test_inductor_compiled_step_matches_eager() -> None:
         for p, q in zip(ours, theirs):
             _close(p, q)
         _close(opt.warmup_scale[0], ref.warmup_scale[0])
+    assert float(opt.warmup_scale[0].max()) < 1  # compared during the warm-up
 
 
 @pytest.mark.cuda
@@ -565,7 +630,9 @@ def test_capturable_step_replays_in_a_cuda_graph(warmup: str | None) -> None:
     """capturable=True: the step (warm-up included) is captured once and replayed; the replays
     follow an eager twin."""
     dev = torch.device("cuda")
-    ours, theirs = ([p.detach().to(dev).requires_grad_() for p in ps] for ps in twins(SHAPES))
+    ours, theirs = (
+        [p.detach().to(dev).requires_grad_() for p in ps] for ps in twins(SHAPES, init=SMALL)
+    )
     kw: dict[str, Any] = {"lr": torch.tensor(1e-2, device=dev), "capturable": True, "foreach": True}
     opt = warmopt.Adam(ours, warmup=warmup, **kw)
     ref = warmopt.Adam(theirs, warmup=warmup, **kw)
@@ -598,3 +665,5 @@ def test_capturable_step_replays_in_a_cuda_graph(warmup: str | None) -> None:
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p, q)
     torch.testing.assert_close(opt.warmup_scale[0], ref.warmup_scale[0])
+    if warmup is not None:
+        assert float(opt.warmup_scale[0].max()) < 1  # the replays were warming steps

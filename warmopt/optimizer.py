@@ -325,12 +325,13 @@ class WarmupOptimizer(Optimizer):
                 loss = closure()
         _check_not_sparse(self.param_groups)
         policy = self.warmup
-        if policy is not None and not self._lr_rise_warned:
-            self._check_lr_rise()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         # 1. collect: torch's _init_group, the lazy warm-up state (None once warm-up is over)
         got = collect(self, self._algorithm, policy, self._book, self._cpu_is_host, found_inf)
+        if policy is not None and not self._lr_rise_warned:
+            # after collect, which has just learned whether the warm-up ended in the last step
+            self._check_lr_rise()
         scale = step = None
         warming = got.warming
         if policy is not None and warming is not None:
