@@ -12,13 +12,26 @@ import torch
 import warmopt
 from warmopt.monitor import log_warmup, warmup_summary
 
+from .cases import v1
 from .opcount import OpCounter
+
+#: the policies summarised: the default (its relative step), the previous default (kurtosis and
+#: drift) and the cap with the drift factor (all three)
+POLICIES = {
+    "measured": "measured",
+    "v1": v1(),
+    "cap_drift": warmopt.Measured(drift=True),
+    "radam": "radam",
+    "none": None,
+}
 
 
 def _model_and_groups(lr1: float | torch.Tensor = 3e-2) -> tuple[list[torch.nn.Parameter], list]:  # type: ignore[type-arg]
+    """Matrices and vectors with entries of RMS 0.01: the default's cap binds at these learning
+    rates (the first relative step of a matrix is lr / 0.01), so the summaries see it warm."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(6, 4), (6,), (3, 6), (3,), (5, 5), (2,)]
-    ps = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    ps = [torch.nn.Parameter(0.01 * torch.randn(s, generator=gen)) for s in shapes]
     groups = [
         {"params": ps[:2]},
         {"params": ps[2:4], "lr": lr1},
@@ -44,7 +57,10 @@ def _reference(opt: torch.optim.Optimizer) -> dict[str, float]:
     policy = getattr(opt, "warmup", None)
     names = {"scale": "warmup_scale"}
     if isinstance(policy, warmopt.Measured):
-        names.update(kurtosis="warmup_kurtosis", drift="warmup_drift")
+        if policy.max_update is not None:
+            names.update(update_ratio="warmup_update_ratio")
+        if policy.confidence or policy.drift:
+            names.update(kurtosis="warmup_kurtosis", drift="warmup_drift")
     per_group: list[dict[str, list[float]]] = []
     for group in opt.param_groups:
         cols: dict[str, list[float]] = {name: [] for name in names}
@@ -70,6 +86,9 @@ def _reference(opt: torch.optim.Optimizer) -> dict[str, float]:
                 "fraction_warmed": sum(s >= 1.0 for s in sc) / len(sc),
             }
             out.update({n: statistics.median_low(v) for n, v in cols.items() if n != "scale"})
+            if "update_ratio" in cols:  # over the tensors whose relative step is measured
+                led = [x for x in cols["update_ratio"] if x > 0]
+                out["update_ratio"] = statistics.median_low(led) if led else math.nan
         if lr is not None:
             out["lr_effective"] = float(lr) * out["scale_median"]
         return out
@@ -91,31 +110,45 @@ def _assert_matches(summary: dict[str, torch.Tensor], ref: dict[str, float]) -> 
             assert float(value) == pytest.approx(expected, rel=1e-6, abs=1e-12), key
 
 
-@pytest.mark.parametrize("warmup", ["measured", "radam", None], ids=str)
+@pytest.mark.parametrize("warmup", list(POLICIES))
 @pytest.mark.parametrize("steps", [0, 1, 7, 60])
-def test_summary_equals_slow_reference(warmup: str | None, steps: int) -> None:
+def test_summary_equals_slow_reference(warmup: str, steps: int) -> None:
     ps, groups = _model_and_groups()
-    opt = warmopt.AdamW(groups, lr=1e-3, warmup=warmup)
+    opt = warmopt.AdamW(groups, lr=1e-3, warmup=POLICIES[warmup])
     _train(opt, ps, steps)
-    _assert_matches(warmup_summary(opt), _reference(opt))
+    summary = warmup_summary(opt)
+    _assert_matches(summary, _reference(opt))
+    if warmup != "none" and steps in (1, 7):
+        assert float(summary["scale_min"]) < 1.0  # summarised while warming
 
 
-def test_summary_with_tensor_lr_rmsprop_and_group_granularity() -> None:
+@pytest.mark.parametrize("warmup", ["measured", "cap_drift"])
+def test_summary_with_tensor_lr_rmsprop_and_group_granularity(warmup: str) -> None:
     ps, groups = _model_and_groups(lr1=torch.tensor(0.02))
-    opt = warmopt.RMSprop(groups, lr=1e-3, granularity="group")
+    opt = warmopt.RMSprop(groups, lr=1e-3, granularity="group", warmup=POLICIES[warmup])
     _train(opt, ps, 9)
     summary = warmup_summary(opt)
     _assert_matches(summary, _reference(opt))
+    assert float(summary["scale_min"]) < 1.0
+    assert float(summary["group1/update_ratio"]) > 0.0
     assert float(summary["group1/lr_effective"]) == pytest.approx(
         0.02 * float(summary["group1/scale_median"]), rel=1e-6
     )
 
 
-def test_keys_and_values_before_the_first_step_and_for_unwarmed_groups() -> None:
+SUMMARY_KEYS = {
+    "measured": {"update_ratio"},
+    "v1": {"kurtosis", "drift"},
+    "cap_drift": {"update_ratio", "kurtosis", "drift"},
+}
+
+
+@pytest.mark.parametrize("warmup", list(SUMMARY_KEYS))
+def test_keys_and_values_before_the_first_step_and_for_unwarmed_groups(warmup: str) -> None:
     ps, groups = _model_and_groups()
-    opt = warmopt.Adam(groups, lr=1e-3)
+    opt = warmopt.Adam(groups, lr=1e-3, warmup=POLICIES[warmup])
     before = warmup_summary(opt)
-    expected = {"scale_min", "scale_median", "scale_max", "fraction_warmed", "kurtosis", "drift"}
+    expected = {"scale_min", "scale_median", "scale_max", "fraction_warmed", *SUMMARY_KEYS[warmup]}
     per_group = expected | {"lr_effective"}
     assert set(before) == expected | {f"group{i}/{k}" for i in range(3) for k in per_group}
     assert all(math.isnan(float(v)) for v in before.values())
@@ -135,6 +168,33 @@ def test_keys_and_values_before_the_first_step_and_for_unwarmed_groups() -> None
     assert math.isnan(float(later["group3/lr_effective"]))
     assert float(later["scale_median"]) == float(after["scale_median"])
     _assert_matches(later, _reference(opt))
+
+
+def test_update_ratio_is_the_median_relative_step_of_the_matrices() -> None:
+    """The default's ``update_ratio``: the lower median of the measured relative steps, over the
+    tensors that lead (a bias follows, its 0 is no measurement); NaN for a group of vectors.
+    On Adam's first step a matrix's relative step is lr * sqrt(numel) / ||W||."""
+    gen = torch.Generator().manual_seed(0)
+    ws = [torch.nn.Parameter(0.01 * torch.randn(s, generator=gen)) for s in [(4, 8), (8, 8)]]
+    bs = [torch.nn.Parameter(torch.zeros(n)) for n in (4, 8, 3)]
+    opt = warmopt.Adam(
+        [{"params": [ws[0], bs[0], bs[1]]}, {"params": [ws[1]]}, {"params": [bs[2]]}], lr=1e-3
+    )
+    for p in (*ws, *bs):
+        p.grad = torch.randn(p.shape, generator=gen)
+    ratio = [1e-3 * math.sqrt(w.numel()) / float(w.detach().norm()) for w in ws]
+    opt.step()
+    summary = warmup_summary(opt)
+    assert float(summary["scale_max"]) < 1.0  # measured while warming
+    for i, w in enumerate(ws):
+        assert float(opt.state[w]["warmup_update_ratio"]) == pytest.approx(ratio[i], rel=1e-4)
+    measured = [float(opt.state[w]["warmup_update_ratio"]) for w in ws]
+    assert float(summary["update_ratio"]) == min(measured)  # the lower median of two
+    assert float(summary["group0/update_ratio"]) == measured[0]  # not the biases' zeros
+    assert float(summary["group1/update_ratio"]) == measured[1]
+    assert math.isnan(float(summary["group2/update_ratio"]))
+    assert "warmup/group2/update_ratio" not in log_warmup(_ListWriter(), opt, step=1)
+    _assert_matches(summary, _reference(opt))
 
 
 def test_a_plain_torch_optimizer_counts_as_fully_warmed() -> None:

@@ -2,7 +2,8 @@
 
 :func:`warmup_summary` reads the per-tensor warm-up numbers that a warmopt optimizer keeps in
 ``optimizer.state[p]`` (``warmup_scale``, and those the policy lists in ``spec.summary``: for
-:class:`warmopt.Measured` ``warmup_kurtosis`` and ``warmup_drift``) and reduces them, per param
+:class:`warmopt.Measured` ``warmup_update_ratio``, plus ``warmup_kurtosis`` and ``warmup_drift``
+when its confidence or drift options are on) and reduces them, per param
 group and over the whole optimizer, to 0-d float32 tensors on the parameters' device, without a
 host sync: call it every step and hand the tensors to a logger that syncs when it flushes.
 :func:`log_warmup` writes the same numbers with ``writer.add_scalar``
@@ -32,6 +33,11 @@ from torch.optim import Optimizer
 __all__ = ["ScalarWriter", "log_warmup", "warmup_summary"]
 
 _PREFIX = "warmup_"
+
+#: Numbers whose 0 means "not measured": the relative step of a tensor that follows the matrices
+#: (a vector, a tensor at zero). Their medians are over the tensors with a positive value (NaN
+#: where there is none), else a model with as many biases as weight matrices would report 0.
+_MEASURED_ONLY = frozenset({"update_ratio"})
 
 
 class ScalarWriter(Protocol):
@@ -94,8 +100,11 @@ def warmup_summary(optimizer: Optimizer) -> dict[str, Tensor]:
 
     * over all param groups: ``scale_min``, ``scale_median``, ``scale_max`` (of the per-tensor
       scales), ``fraction_warmed`` (share of tensors at scale 1), and, for
-      :class:`warmopt.Measured`, ``kurtosis`` and ``drift`` (medians of the per-tensor estimates
-      ``K`` of kappa - 1 and ``D``, see the policy's docstring);
+      :class:`warmopt.Measured`, ``update_ratio`` (the median relative step ``||lr * d|| / ||p||``
+      at full lr, over the tensors that measure it: a vector or a tensor at zero follows the
+      matrices and is left out; NaN where no tensor measures it) and, with its ``confidence`` or
+      ``drift`` option, ``kurtosis`` and ``drift`` (medians of the per-tensor estimates ``K`` of
+      kappa - 1 and ``D``, see the policy's docstring);
     * per group ``i``: the same under ``group{i}/``, plus ``group{i}/lr_effective`` =
       ``param_groups[i]['lr']`` times the group's median scale (the learning rate its median
       tensor steps with; ``lr`` may be a float or a tensor).
@@ -137,6 +146,13 @@ def warmup_summary(optimizer: Optimizer) -> dict[str, Tensor]:
         low = mid = high = nan
         frac = nan[0]
     out.update(scale_min=low[0], scale_median=mid[0], scale_max=high[0], fraction_warmed=frac)
+    measured = [i for i, name in enumerate(rows) if name in _MEASURED_ONLY]
+    for i in measured:  # the lower median of the positive entries, which sort last
+        if total:
+            k = (values[i] > 0).sum()
+            pos = (total - k + torch.div(k - 1, 2, rounding_mode="floor")).clamp(0, total - 1)
+            mid = mid.clone()
+            mid[i] = torch.where(k > 0, by_value[i].gather(0, pos.reshape(1))[0], math.nan)
     for i, name in enumerate(rows[1:], start=1):
         out[name] = mid[i]
 
@@ -161,6 +177,14 @@ def warmup_summary(optimizer: Optimizer) -> dict[str, Tensor]:
     else:
         picked = torch.full((n_rows, 3, n_groups), math.nan, device=device)
     g_low, g_mid, g_high = picked.unbind(1)
+    if measured and total:
+        g_mid = g_mid.clone()
+        start = torch.tensor(starts, device=device)
+        for i in measured:
+            k = torch.zeros(n_groups, device=device).index_add_(0, group_of, (values[i] > 0).float())
+            pos = start + (count - k) + torch.div(k - 1, 2, rounding_mode="floor")
+            got = by_group[i].gather(0, pos.long().clamp(0, total - 1))
+            g_mid[i] = torch.where(k > 0, got, math.nan)
     g_frac = torch.zeros(n_groups, device=device).index_add_(0, group_of, warmed) / count
     g_lr = _group_lrs(optimizer, device) * g_mid[0]
     per_group = {
