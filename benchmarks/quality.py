@@ -45,6 +45,12 @@ Usage::
     python -m benchmarks.quality --quick            # one seed, half the steps
     python -m benchmarks.quality --tiny             # seconds: the smoke test
     python -m benchmarks.quality --methods warmopt warmopt_cap03 --tasks lm_post_ln
+    python -m benchmarks.quality --split tuning --methods warmopt --merge old/quality.json
+
+``--merge FILE`` adds the runs stored in an earlier results file: this run's (task, method)
+pairs replace theirs, the rest are reported as they were (same mode; the meta records each
+file's commit). The plots of loss and scale curves cover only the runs made now (the results
+files keep final numbers, not curves).
 
 Writes ``quality{,_quick,_tiny}.{json,md}`` and the plots ``quality_lr*.png`` (final loss vs LR),
 ``quality_scale*.png`` (warmopt's scale over the steps at each LR of one task) and
@@ -486,6 +492,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"{meta['seconds']:.0f} s; seeds: tuning {meta['seeds']['tuning']}, held-out "
              f"{meta['seeds']['heldout']}. Plots: "
              + ", ".join(f"`{p}`" for p in result.get("plots", [])) + ".", "",
+             *[f"Merged: {m['runs']} runs from `{m['file']}` (commit {m['commit']}, started "
+               f"{m['started']})." for m in meta.get("merged", [])],
+             *([""] if meta.get("merged") else []),
              "S = LR sensitivity, mean over the grid of min(L, L0) minus the best L (L = final "
              "training loss, mean over seeds). Untuned anchors: " + ", ".join(UNTUNED_ANCHORS)
              + ". Targets (from the held-out set): aggregate S at least 10 % below the best "
@@ -646,6 +655,28 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _merged(ap: argparse.ArgumentParser, files: list[Path], mode: str, specs: list[TaskSpec],
+            only: Collection[str] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The runs of earlier results files that this run does not redo, and where they came from."""
+    redone = {(s.name, m) for s in specs for m in runnable_for(s, only)}
+    runs: list[dict[str, Any]] = []
+    origin = []
+    for path in files:
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            ap.error(f"--merge: cannot read {path}: {e}")
+        if old.get("meta", {}).get("mode") != mode:
+            ap.error(f"--merge: {path} is a {old.get('meta', {}).get('mode')!r} run, not {mode!r}")
+        seen = {(r["task"], r["method"], r["lr"], r["seed"]) for r in runs}
+        kept = [r for r in old["runs"] if (r["task"], r["method"]) not in redone
+                and (r["task"], r["method"], r["lr"], r["seed"]) not in seen]  # fmt: skip
+        runs += kept
+        origin.append({"file": path.name, "commit": old["meta"].get("commit"),
+                       "started": old["meta"].get("started"), "runs": len(kept)})  # fmt: skip
+    return runs, origin
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     git_commit()  # stamp the results with the code as it is when the run starts
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -658,6 +689,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="run only these methods (default: all)")  # fmt: skip
     ap.add_argument("--workers", type=int, default=2, help="worker processes, 1 thread each")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--merge", type=Path, action="append", default=[], metavar="FILE",
+                    help="add the runs of an earlier results file (.json) of the same mode")
     args = ap.parse_args(argv)
     if args.methods is not None:
         unknown = [m for m in args.methods if m not in ALL_METHODS]
@@ -672,6 +705,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              and (args.tasks is None or s.name in args.tasks) and methods_for(s, only)]
     if not specs:
         ap.error("no task selected")
+    merged_runs, merged_from = _merged(ap, args.merge, mode, specs, only)
     cost = {"code_tf_b95": 0, "code_tf_b999": 1, "lm_post_ln": 2, "lm_pre_ln": 3}
     jobs = [(mode, s.name, m, lr, seed)
             for s in sorted(specs, key=lambda s: cost.get(s.name, 9))
@@ -694,6 +728,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs = list(tqdm(pool.imap_unordered(run_one, jobs), total=len(jobs), desc="quality",
                              unit="run"))  # fmt: skip
     elapsed = time.perf_counter() - t0
+    runs += merged_runs
+    named = {s.name: s for s in task_specs(mode)}
+    specs = [named[n] for n in named if any(r["task"] == n for r in runs)]
     result: dict[str, Any] = {"tasks": {}, "notes": [
         "pytorch_warmup's untuned classes raise KeyError on RMSprop (they read group['betas']); "
         "the RMSprop tasks use LinearWarmup / ExponentialWarmup with the same rules on alpha.",
@@ -701,12 +738,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "has the shared cosine decay."]}  # fmt: skip
     for spec in specs:
         result["tasks"][spec.name] = summarize_task(
-            spec, [r for r in runs if r["task"] == spec.name], only)
+            spec, [r for r in runs if r["task"] == spec.name], None if merged_from else only)
     result["meta"] = {
         "mode": mode, "split": args.split, "torch": torch.__version__,
         "python": platform.python_version(), "machine": platform.platform(),
         "cpus": os.cpu_count(), "workers": args.workers, "commit": git_commit(), "seeds": seeds,
-        "methods": only, "runs": len(runs), "started": started, "seconds": round(elapsed, 1),
+        "methods": only, "runs": len(runs) - len(merged_runs), "started": started,
+        "seconds": round(elapsed, 1), "merged": merged_from,
         "versions": _versions(),
     }  # fmt: skip
     result["targets"] = {

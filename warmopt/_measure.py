@@ -483,8 +483,9 @@ def measure_update(
     has fewer, or with ``window=None``; an FSDP2 shard's first ones on each rank): the sums
     ``step_sq`` of ``(lr d)^2`` and ``param_sq`` of ``p^2``, with ``d`` the update at unit lr
     computed ahead of torch from this step's gradient and the moments before it
-    (``Algorithm.unit_update``), and the ``leader`` flag (the tensor has at least two dimensions,
-    or any with ``vectors_lead``, and a non-zero ``param_sq``; the sums of the others are 0). One flat pass per param group
+    (``Algorithm.unit_update``), the ``leader`` flag (the tensor has at least two dimensions, or
+    any with ``vectors_lead``, and a non-zero ``param_sq``; the sums of the others are 0) and the
+    relative step ``update_ratio`` of each leader. One flat pass per param group
     and device (the update's constants are the group's), a fixed number of kernels whatever the
     number and shapes of the tensors. Where the algorithm keeps no running average of the
     gradients (RMSprop without momentum) this stage keeps one on the window, in
@@ -565,9 +566,11 @@ def measure_update(
     if any(s is not None for s in shards):
         got = _sum_over_shards(got, shards)
     leader = layouts.vector(("leader", tuple(static)), static, home) * (got["param_sq"] > 0)
+    step_sq, param_sq = got["step_sq"] * lr2.float() * leader, got["param_sq"] * leader
+    ratio = torch.sqrt(step_sq.double() / param_sq.double().clamp_min(1e-300))
     return Statistics(
-        step_sq=got["step_sq"] * lr2.float() * leader, param_sq=got["param_sq"] * leader,
-        leader=leader,
+        step_sq=step_sq, param_sq=param_sq, leader=leader,
+        update_ratio=torch.where(leader > 0, ratio, 0.0),
     )  # fmt: skip
 
 

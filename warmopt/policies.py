@@ -350,10 +350,9 @@ class Measured(WarmupPolicy):
         new_state = dict(state)
         scale = torch.ones_like(step, dtype=torch.float64)
         if self.max_update is not None:
-            assert stats.step_sq is not None and stats.param_sq is not None
-            assert stats.leader is not None
+            assert stats.update_ratio is not None and stats.leader is not None
             lead = stats.leader > 0
-            ratio = torch.sqrt(stats.step_sq.double() / stats.param_sq.double().clamp_min(1e-300))
+            ratio = stats.update_ratio.double()
             # a NaN step (a NaN gradient: torch poisons those coordinates) measures nothing: the
             # tensor keeps its numbers and is left out of the median
             blind = lead & ratio.isnan()
