@@ -5,12 +5,15 @@ RMSprop) and *mode* torch offers for it (``single`` = ``foreach=False``, ``forea
 ``fused=True``; RMSprop has no fused mode), four *variants* step side by side:
 
 * ``torch``   -- ``torch.optim.<Opt>`` with the mode flag, the baseline;
-* ``warming`` -- ``warmopt.<Opt>(warmup=Measured(tol=0.01))``: the ops of the default policy
-  (``tol`` is a constant in the formula) with a warm-up of ~1000 steps at beta2 = 0.999 (~110
-  at RMSprop's alpha = 0.99), so every timed step warms; the largest scale at the end is
-  recorded (``scale_max``) to prove it;
-* ``sampled`` -- as ``warming`` with ``measure_every=4`` (each tensor measured on one step in
-  four, staggered);
+* ``warming`` -- ``warmopt.<Opt>(warmup=Measured(max_update=1e-4))``: the ops of the default
+  policy (``max_update`` is a constant in the formula) with a cap far below every matrix's
+  relative step at these learning rates and weights (the default's 0.02 lets most of them take
+  torch's full step from the first one), so every timed step warms; the largest scale at the
+  end is recorded (``scale_max``) to prove it;
+* ``sampled`` -- the previous default, ``Measured(max_update=None, confidence=True, drift=True,
+  tol=0.01)``, with ``measure_every=4``: its fresh-ratio statistics (which the default does not
+  take) on each tensor on one step in four, staggered; a warm-up of ~1000 steps at beta2 =
+  0.999 (~110 at RMSprop's alpha = 0.99);
 * ``warmed``  -- ``warmup=Linear(2)`` stepped 4 times first, so the host knows every scale is 1
   and the step is torch's own (``fast_path`` records it).
 
@@ -21,7 +24,8 @@ time(warmopt) / time(torch) in the same round. ``GB/s`` is torch's minimal traff
 28 B/param, RMSprop 20 B/param) over the median time, for every variant.
 
 Ops and host syncs: one step (after 2 untimed steps; 4 for ``warmed``) counted by ATen op
-(``warmopt._opcount.OpCounter``) at several counts of 8-element tensors; syncs are the ops that
+(``warmopt._opcount.OpCounter``) at several counts of (2, 4) matrices (non-zero: tensors that
+lead, as the default measures them); syncs are the ops that
 copy a device value to the host. Memory: the peak allocated during a step above what was live
 before it (CPU: profiler allocator events; CUDA: ``max_memory_allocated``), and the optimizer
 state. Usage::
@@ -103,8 +107,10 @@ PRESETS = {
 
 def policies() -> dict[str, warmopt.WarmupPolicy]:
     return {
-        "warming": warmopt.Measured(tol=0.01),
-        "sampled": warmopt.Measured(tol=0.01, measure_every=4),
+        "warming": warmopt.Measured(max_update=1e-4),
+        "sampled": warmopt.Measured(
+            max_update=None, confidence=True, drift=True, tol=0.01, measure_every=4
+        ),
         "warmed": warmopt.Linear(2),
     }
 
@@ -191,14 +197,16 @@ def timing_rows(layout: Layout, algo: Algo, cands: list[Candidate]) -> list[dict
 
 def count_ops(algo: Algo, mode: str, variant: str, n: int, device: torch.device) -> OpCounter:
     gen = torch.Generator().manual_seed(0)
-    params = [nn.Parameter(torch.zeros(8, device=device)) for _ in range(n)]
+    params = [
+        nn.Parameter(torch.randn(2, 4, generator=gen).mul_(0.02).to(device)) for _ in range(n)
+    ]
     opt = build(algo, mode, variant, params)
     for _ in range(WARMED_PRESTEPS if variant == "warmed" else 2):
         for p in params:
-            p.grad = torch.randn(8, generator=gen).to(device)
+            p.grad = torch.randn(2, 4, generator=gen).to(device)
         opt.step()
     for p in params:
-        p.grad = torch.randn(8, generator=gen).to(device)
+        p.grad = torch.randn(2, 4, generator=gen).to(device)
     with OpCounter() as counter:
         opt.step()
     return counter

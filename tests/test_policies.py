@@ -115,9 +115,12 @@ def _random_stats(gen: torch.Generator, n: int) -> Statistics:
     leader = (torch.rand(n, generator=gen) > 0.2).float()
     param_sq = torch.rand(n, generator=gen) * 100 * leader
     step_sq = param_sq * 10 ** (torch.rand(n, generator=gen) * 10 - 8)
+    # each leader's ||lr d|| / ||p||, as measure_update reports it (float64; 0 for the others)
+    ratio = torch.sqrt(step_sq.double() / param_sq.double().clamp_min(1e-300))
     return Statistics(
         m1 * count, m2 * count, count, (torch.rand(n, generator=gen) > 0.1).float(),
         step_sq=step_sq, param_sq=param_sq, leader=leader,
+        update_ratio=torch.where(leader > 0, ratio, 0.0),
     )  # fmt: skip
 
 

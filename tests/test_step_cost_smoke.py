@@ -63,6 +63,8 @@ def test_tiny_run_writes_complete_results(tmp_path: Path) -> None:
         assert OPS_KEYS <= set(row)
         if row["variant"] == "warmed":
             assert row["same_ops_as_torch"]
+        elif row["variant"] in ("warming", "sampled"):  # counted while warming: ops of its own
+            assert not row["same_ops_as_torch"] and row["extra_ops"] > 0
 
     assert written["memory"] and all(MEMORY_KEYS <= set(r) for r in written["memory"])
     assert {t["target"] for t in written["targets"]} >= {

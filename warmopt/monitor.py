@@ -118,17 +118,20 @@ def warmup_summary(optimizer: Optimizer) -> dict[str, Tensor]:
     Example:
         >>> import torch, warmopt
         >>> from warmopt.monitor import warmup_summary
-        >>> model = torch.nn.Linear(4, 2)
-        >>> opt = warmopt.AdamW(model.parameters(), lr=1e-3)
+        >>> w = torch.nn.Parameter(torch.full((3, 4), 0.01))  # a weight matrix
+        >>> b = torch.nn.Parameter(torch.zeros(3))  # a bias: it follows the matrix
+        >>> opt = warmopt.AdamW([w, b], lr=1e-3)
         >>> warmup_summary(opt)["scale_median"]  # nothing has stepped yet
         tensor(nan)
-        >>> model(torch.randn(8, 4)).square().mean().backward()
+        >>> w.grad, b.grad = torch.ones(3, 4), torch.ones(3)
         >>> opt.step()
         >>> summary = warmup_summary(opt)
+        >>> round(float(summary["update_ratio"]), 3)  # at full lr the step would move w by 10 %
+        0.1
         >>> round(float(summary["scale_median"]), 3), float(summary["fraction_warmed"])
-        (0.035, 0.0)
+        (0.2, 0.0)
         >>> round(float(summary["group0/lr_effective"]), 7)
-        3.54e-05
+        0.0002
     """
     values, rows, counts, device = _collect(optimizer)
     n_rows, total = values.shape
@@ -220,7 +223,7 @@ def log_warmup(
 
     Returns:
         The scalars written, keyed by the tags they were written under
-        (``{"warmup/scale_median": 0.035, "warmup/group0/lr_effective": ...}``).
+        (``{"warmup/scale_median": 0.2, "warmup/group0/lr_effective": ...}``).
 
     Example:
         >>> import torch, warmopt
@@ -229,14 +232,14 @@ def log_warmup(
         ...     def add_scalar(self, tag, value, step):
         ...         if tag.endswith("median"):
         ...             print(tag, round(value, 3), step)
-        >>> w = torch.nn.Parameter(torch.zeros(3))
+        >>> w = torch.nn.Parameter(torch.full((3, 4), 0.01))
         >>> opt = warmopt.Adam([w], lr=1e-3)
-        >>> w.grad = torch.ones(3); opt.step()
+        >>> w.grad = torch.ones(3, 4); opt.step()
         >>> written = log_warmup(PrintWriter(), opt, step=1)
-        warmup/scale_median 0.035 1
-        warmup/group0/scale_median 0.035 1
+        warmup/scale_median 0.2 1
+        warmup/group0/scale_median 0.2 1
         >>> round(written["warmup/group0/lr_effective"], 7)
-        3.54e-05
+        0.0002
     """
     summary = warmup_summary(optimizer)
     keys = list(summary)

@@ -97,10 +97,12 @@ class WarmupOptimizer(Optimizer):
         >>> import torch, warmopt
         >>> model = torch.nn.Linear(4, 2)
         >>> opt = warmopt.WarmupOptimizer(model.parameters(), lr=3e-4, betas=(0.9, 0.999))
+        >>> with torch.no_grad():  # small weights: a full-lr Adam step would move them by 3 %
+        ...     _ = model.weight.fill_(0.01)
         >>> model(torch.randn(8, 4)).square().mean().backward()
-        >>> opt.step()
+        >>> opt.step()  # taken at the scale that moves the weight by 2 %; the bias follows it
         >>> [round(float(s), 3) for s in opt.warmup_scale[0]]
-        [0.035, 0.035]
+        [0.667, 0.667]
         >>> wrapped = warmopt.WarmupOptimizer(torch.optim.RMSprop(model.parameters(), lr=1e-3))
     """
 
