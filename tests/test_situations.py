@@ -15,9 +15,12 @@ from torch.optim.optimizer import (
 
 import warmopt
 
-from .cases import MODES, WARMUP_KEYS, feed, twins
+from .cases import MODES, WARMUP_KEYS, feed, twins, v1
 
 SHAPES = [(6, 4), (5,), (3, 3)]
+#: the RMS of the weights where a test needs the default to warm: a full Adam step at lr 1e-2
+#: moves them by ~100 %, far above its 2 % cap (unit-sized weights take torch's step at once)
+SMALL = 0.01
 
 
 def _state_copy(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -184,13 +187,17 @@ def test_zero_grad_as_torch(set_to_none: bool | None) -> None:
 # ---------------------------------------------------------------- parameters without gradients
 
 
+@pytest.mark.parametrize("policy", ["default", "v1"])
 @pytest.mark.parametrize("mode", ["single", "foreach", "fused"])
 @pytest.mark.parametrize("granularity", ["tensor", "group", "global"])
 def test_a_parameter_without_gradient_keeps_its_warmup_state_paused(
-    mode: str, granularity: str
+    mode: str, granularity: str, policy: str
 ) -> None:
-    (ours,) = twins(SHAPES, n=1)
-    opt = warmopt.Adam(ours, lr=1e-2, granularity=granularity, **MODES[mode])
+    """The default on small weights (the cap binds; the vector follows the matrices' median) and
+    the previous default (its kurtosis, evidence and drift move on every measured step)."""
+    (ours,) = twins(SHAPES, n=1, init=SMALL)
+    warmup = warmopt.Measured() if policy == "default" else v1()
+    opt = warmopt.Adam(ours, lr=1e-2, granularity=granularity, warmup=warmup, **MODES[mode])
     for t in range(3):
         feed([ours], t)
         opt.step()
@@ -206,13 +213,16 @@ def test_a_parameter_without_gradient_keeps_its_warmup_state_paused(
             assert torch.equal(v, paused[k]), k
     assert float(opt.state[ours[0]]["step"]) == 8 and float(opt.state[ours[1]]["step"]) == 3
     assert float(opt.state[ours[0]]["warmup_scale"]) > float(paused["warmup_scale"])
+    assert float(opt.state[ours[0]]["warmup_scale"]) < 1  # still warming
     # and it resumes from where it paused
     feed([ours], 8)
     opt.step()
     assert float(opt.state[ours[1]]["step"]) == 4
-    assert float(opt.state[ours[1]]["warmup_evidence"]) > float(paused["warmup_evidence"]) or (
-        granularity != "tensor"
-    )
+    if policy == "v1":  # its own statistics gain the new sample
+        moved = float(opt.state[ours[1]]["warmup_evidence"]) > float(paused["warmup_evidence"])
+    else:  # it takes the matrices' median again, which rose while it was paused
+        moved = float(opt.state[ours[1]]["warmup_cap"]) > float(paused["warmup_cap"])
+    assert moved or granularity != "tensor"
 
 
 def test_a_parameter_that_never_gets_a_gradient_has_no_state_and_reports_scale_zero() -> None:
@@ -250,9 +260,10 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 
 
 def _mixed(seed: int = 0) -> list[torch.nn.Parameter]:
+    """Small weights (``SMALL``), so that the default warms."""
     gen = torch.Generator().manual_seed(seed)
     return [
-        torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(d))
+        torch.nn.Parameter((torch.randn(s, generator=gen, dtype=torch.float64) * SMALL).to(d))
         for s, d in zip([(6, 4), (5,), (3, 3)], DTYPES)
     ]
 
@@ -268,29 +279,37 @@ def _feed_mixed(sets: list[list[torch.nn.Parameter]], t: int) -> None:
 @pytest.mark.parametrize("mode", ["single", "foreach", "fused"])
 def test_mixed_dtypes_in_one_group(mode: str) -> None:
     """float32 + float64 + bfloat16 in one group: warmup=None is torch's step exactly, and with
-    the warm-up every tensor follows the run in which it is the only parameter (the statistics
-    are per tensor, whatever the dtype buckets of the foreach/fused kernels)."""
-    ours, theirs, plain = _mixed(), _mixed(), _mixed()
+    the warm-up every tensor follows the run in which it is alone in its group, in a dtype
+    bucket of its own (the statistics are per tensor, whatever the dtype buckets of the
+    foreach/fused kernels; the vector follows the matrices' median in both), and each matrix
+    the run in which it is the only parameter."""
+    ours, theirs, plain, split = _mixed(), _mixed(), _mixed(), _mixed()
     singles = [[p] for p in _mixed()]
     opt = warmopt.Adam(ours, lr=1e-2, **MODES[mode])
     ref = torch.optim.Adam(theirs, lr=1e-2, **MODES[mode])
     off = warmopt.Adam(plain, lr=1e-2, warmup=None, **MODES[mode])
+    apart = warmopt.Adam([{"params": [p]} for p in split], lr=1e-2, **MODES[mode])
     solos = [warmopt.Adam(ps, lr=1e-2, **MODES[mode]) for ps in singles]
     for t in range(8):
-        _feed_mixed([ours, theirs, plain, [s[0] for s in singles]], t)
-        for o in (opt, ref, off, *solos):
+        _feed_mixed([ours, theirs, plain, split, [s[0] for s in singles]], t)
+        for o in (opt, ref, off, apart, *solos):
             o.step()
-    for p, q, r, (s,), solo in zip(ours, theirs, plain, singles, solos):
-        assert p.dtype == q.dtype == s.dtype
+    for p, q, r, a, (s,), solo in zip(ours, theirs, plain, split, singles, solos):
+        assert p.dtype == q.dtype == a.dtype == s.dtype
         assert torch.equal(r, q)
         assert torch.isfinite(p).all()
         assert opt.state[p]["exp_avg"].dtype == p.dtype
         for k in WARMUP_KEYS:
             assert opt.state[p][k].dtype == torch.float32
         torch.testing.assert_close(
-            opt.state[p]["warmup_scale"], solo.state[s]["warmup_scale"], rtol=1e-6, atol=0
+            opt.state[p]["warmup_scale"], apart.state[a]["warmup_scale"], rtol=1e-6, atol=0
         )
-        torch.testing.assert_close(p, s, rtol=1e-6, atol=0)
+        torch.testing.assert_close(p, a, rtol=1e-6, atol=0)
+        if p.dim() >= 2:  # a matrix's scale is its own
+            torch.testing.assert_close(
+                opt.state[p]["warmup_scale"], solo.state[s]["warmup_scale"], rtol=1e-6, atol=0
+            )
+            torch.testing.assert_close(p, s, rtol=1e-6, atol=0)
     scales = torch.cat(opt.warmup_scale)
     assert ((scales > 0) & (scales < 1)).all()
 
@@ -300,10 +319,12 @@ def test_mixed_dtypes_in_one_group(mode: str) -> None:
 def test_complex_parameter_follows_its_real_view_twin(mode: str, warmup: str) -> None:
     """A complex tensor is warmed up as its real view (2 coordinates per element), so it follows
     a float parameter holding view_as_real of it exactly -- also when it is measured on windows
-    (``sample=8`` of its 30 real coordinates: views into the real view's storage)."""
+    (``sample=8`` of its 30 real coordinates: views into the real view's storage). The (5, 3)
+    complex matrix leads (its real view is (5, 3, 2)), the real vector follows it; small weights,
+    so that the default warms."""
     policy: object = warmopt.Measured(sample=8) if warmup == "measured-windows" else warmup
     gen = torch.Generator().manual_seed(0)
-    base = torch.randn(5, 3, dtype=torch.complex64, generator=gen)
+    base = torch.randn(5, 3, dtype=torch.complex64, generator=gen) * SMALL
     z = torch.nn.Parameter(base.clone())
     r = torch.nn.Parameter(torch.view_as_real(base).clone())
     w_z, w_r = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
@@ -321,6 +342,7 @@ def test_complex_parameter_follows_its_real_view_twin(mode: str, warmup: str) ->
     for k in ("warmup_scale",) + (WARMUP_KEYS[1:] if warmup != "radam" else ()):
         assert torch.equal(opt.state[z][k], twin.state[r][k]), k
     assert 0 < float(opt.state[z]["warmup_scale"]) < 1
+    assert 0 < float(opt.state[w_z]["warmup_scale"]) < 1
 
 
 @pytest.mark.parametrize(
@@ -337,7 +359,7 @@ def test_complex_parameter_follows_its_real_view_twin(mode: str, warmup: str) ->
 def test_maximize_with_warmup_equals_minimizing_the_negated_gradient(
     cls: type, kwargs: dict[str, Any], mode: str
 ) -> None:
-    up, down = twins(SHAPES)
+    up, down = twins(SHAPES, init=SMALL)  # small weights: the default warms
     opt = cls(up, lr=1e-2, maximize=True, **kwargs, **MODES[mode])
     ref = cls(down, lr=1e-2, **kwargs, **MODES[mode])
     for t in range(8):
@@ -378,29 +400,40 @@ def test_load_state_dict_post_hook_sees_and_keeps_float32_warmup_state() -> None
     assert float(twin.state[q]["warmup_confidence"]) == 1.0
 
 
+@pytest.mark.parametrize(
+    "policy,key", [("v1", "warmup_confidence"), ("default", "warmup_cap")], ids=["v1", "default"]
+)
 @pytest.mark.parametrize("how", ["in_place", "replaced"])
-def test_warmup_state_written_by_the_user_is_what_the_next_step_reads(how: str) -> None:
+def test_warmup_state_written_by_the_user_is_what_the_next_step_reads(
+    how: str, policy: str, key: str
+) -> None:
     """The warmup_* entries are views of one vector per key (one op per key and step); writing
     into an entry, or replacing it with a new tensor (as a checkpoint loader does), must both
-    reach the policy on the next step, and the other tensors must be unaffected."""
-    ps = [torch.nn.Parameter(torch.randn(6)) for _ in range(3)]
-    twins = [torch.nn.Parameter(p.detach().clone()) for p in ps]
-    opt, ref = warmopt.Adam(ps, lr=1e-3), warmopt.Adam(twins, lr=1e-3)
+    reach the policy on the next step, and the other tensors must be unaffected. The previous
+    default's confidence (vectors), and the default's cap (small matrices, so that it binds)."""
+    if policy == "v1":
+        shape, init, warmup = (6,), 1.0, v1()
+    else:
+        shape, init, warmup = (2, 3), SMALL / 2, warmopt.Measured()
     gen = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(shape, generator=gen) * init) for _ in range(3)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt, ref = warmopt.Adam(ps, lr=1e-3, warmup=warmup), warmopt.Adam(twins, lr=1e-3, warmup=warmup)
     for t in range(4):
         for a, b in zip(ps, twins):
-            a.grad = torch.randn(6, generator=gen)
+            a.grad = torch.randn(shape, generator=gen)
             b.grad = a.grad.clone()
         opt.step()
         ref.step()
         if t == 1:
             if how == "in_place":
-                opt.state[ps[1]]["warmup_confidence"].fill_(1.0)
+                opt.state[ps[1]][key].fill_(1.0)
             else:
-                opt.state[ps[1]]["warmup_confidence"] = torch.tensor(1.0)
+                opt.state[ps[1]][key] = torch.tensor(1.0)
             assert float(opt.warmup_scale[0][1]) < 0.5  # not yet: the scale is the last step's
     scales, ref_scales = opt.warmup_scale[0], ref.warmup_scale[0]
     assert float(scales[1]) == 1.0 and float(ref_scales[1]) < 0.5
     assert float(scales[0]) == float(ref_scales[0]) and float(scales[2]) == float(ref_scales[2])
+    assert float(scales[0]) < 1 and float(scales[2]) < 1  # the others still warm
     for i, p in enumerate(ps):  # entries and the reported scales agree
         assert float(opt.state[p]["warmup_scale"]) == float(scales[i])

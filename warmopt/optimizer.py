@@ -264,13 +264,20 @@ class WarmupOptimizer(Optimizer):
         host takes its own count of them from the saved ones (read at load, not on a step)."""
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
+        policy = self.warmup
+        buffers = set() if policy is None else {_PREFIX + k for k in policy.spec.buffers}
         for saved_id, p in zip(saved_ids, params):
             saved = state_dict["state"].get(saved_id, {})
             for key, value in saved.items():
                 if isinstance(key, str) and key.startswith(_PREFIX) and isinstance(value, Tensor):
+                    # the measure stage's buffers (RMSprop's warmup_grad_avg) are float64 for
+                    # float64 parameters: a float32 copy would round them, and the resumed run
+                    # would leave the uninterrupted one
+                    keep = key in buffers and value.dtype == torch.float64
                     self.state[p][key] = value.detach().to(
-                        dtype=torch.float32, device=p.device, copy=True
-                    )
+                        dtype=torch.float64 if keep else torch.float32, device=p.device,
+                        copy=True,
+                    )  # fmt: skip
             step = self.state.get(p, {}).get("step")
             if isinstance(step, Tensor) and not (self._cpu_is_host and step.device.type == "cpu"):
                 self._book.steps[p] = int(float(saved["step"]))
