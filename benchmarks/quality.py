@@ -345,6 +345,8 @@ def summarize_task(spec: TaskSpec, runs: list[dict[str, Any]],
     span = max(loss0 - lowest, 1e-12)
     for m, s in summary.items():
         s["normalized_sensitivity"] = s["sensitivity"] / span
+        # None where the run has no oracle / no "none" to compare with (a --methods subset)
+        s.update(val_vs_oracle=None, val_noise=None, small_lr_vs_none=None, small_lr_noise=None)
         if "linear_oracle" in summary:
             o = summary["linear_oracle"]
             s["val_vs_oracle"] = s["best_val_loss"] - o["best_val_loss"]
@@ -440,7 +442,9 @@ def _split_lines(title: str, names: list[str], result: dict[str, Any]) -> list[s
         agg = _f(_mean(norm)) if len(norm) == len(names) else "—"
         out.append(f"| {m} | " + " | ".join(cells) + f" | {agg} | {fails} |")
     g = split_targets(tasks)
-    if g:
+    if not g:
+        out += ["", "Targets: n/a (warmopt or the untuned anchors did not run)."]
+    else:
         out += ["", f"Targets for warmopt: aggregate S {g['aggregate_S']:.3f} vs best untuned "
                 f"anchor per task {g['aggregate_best_anchor_S']:.3f} (10 % below: "
                 f"{_yn(g['S_10pct_below_best_anchor'])}; hand-tuned oracle "
@@ -655,6 +659,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _ran(runs: list[dict[str, Any]]) -> set[str]:
+    """The methods ``runs`` cover (the hand-tuned oracle where its candidate lengths ran)."""
+    names = {r["method"] for r in runs}
+    return names | ({"linear_oracle"} if any(n.startswith("linear_") for n in names) else set())
+
+
 def _merged(ap: argparse.ArgumentParser, files: list[Path], mode: str, specs: list[TaskSpec],
             only: Collection[str] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The runs of earlier results files that this run does not redo, and where they came from."""
@@ -737,8 +747,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "Schedule-free AdamW runs at constant LR (it replaces the schedule); every other method "
         "has the shared cosine decay."]}  # fmt: skip
     for spec in specs:
-        result["tasks"][spec.name] = summarize_task(
-            spec, [r for r in runs if r["task"] == spec.name], None if merged_from else only)
+        mine = [r for r in runs if r["task"] == spec.name]
+        result["tasks"][spec.name] = summarize_task(spec, mine, _ran(mine) if merged_from else only)
     result["meta"] = {
         "mode": mode, "split": args.split, "torch": torch.__version__,
         "python": platform.python_version(), "machine": platform.platform(),

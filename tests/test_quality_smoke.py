@@ -39,25 +39,29 @@ def test_quality_runs_tiny(tmp_path: Path) -> None:
             "untuned_linear",
             "untuned_exponential",
             "warmopt",
-            "warmopt_nostats",
-            "warmopt_nodrift",
-            "warmopt_prior2",
-            "warmopt_sample256",
-            "warmopt_every4",
+            "warmopt_v1",
+            "warmopt_conf",
+            "warmopt_drift",
+            "warmopt_cap01",
+            "warmopt_cap03",
+            "warmopt_own1d",
             "warmopt_group",
         }
         if specs[name].optimizer == "rmsprop":
             assert methods == expected | {"gi_rmsprop"}
         else:
             assert methods == expected | {"radam", "gi_adam", "schedulefree"}
-        for m, s in task["summary"].items():
-            assert 0.0 <= s["failure_rate"] <= s["stall_rate"] <= 1.0, (name, m)
-            assert s["sensitivity"] is None or s["sensitivity"] >= 0.0, (name, m)
         lrs = task["spec"]["lrs"]
+        for m, s in task["summary"].items():
+            assert 0 <= s["failures"] <= s["stalls"] <= s["runs"] == len(lrs), (name, m)
+            assert s["sensitivity"] is None or s["sensitivity"] >= 0.0, (name, m)
         assert all(len(task["grid"][m]) == len(lrs) for m in methods)
-        tensors = task["warmup_lengths"]["tensors"]
-        assert tensors and all(len(t["levels"]) == 3 for t in tensors)
-        assert task["targets"]["sensitivity"]["met"] in (True, False)
+    for split in ("tuning", "heldout"):
+        targets = saved["targets"][split]
+        names = {n for n, s in specs.items() if s.split == split}
+        assert set(targets["tasks"]) == names
+        assert targets["S_10pct_below_best_anchor"] in (True, False)
+        assert all(x["best_anchor"] in quality.UNTUNED_ANCHORS for x in targets["tasks"].values())
     # Every run was recorded, the oracle's candidates included, and losses are numbers or null.
     runs = saved["runs"]
     assert {r["method"] for r in runs} >= {"linear_2", "linear_4", "gi_adam", "schedulefree"}
@@ -78,7 +82,7 @@ def test_quality_methods_rejects_unknown_name(capsys: pytest.CaptureFixture[str]
         quality.main(["--tiny", "--methods", "warmopt", "no_such_method"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "--methods" in err and "'no_such_method'" in err and "warmopt_sample256" in err
+    assert "--methods" in err and "'no_such_method'" in err and "warmopt_cap01" in err
 
 
 def test_quality_runs_tiny_subset(tmp_path: Path) -> None:
@@ -94,9 +98,27 @@ def test_quality_runs_tiny_subset(tmp_path: Path) -> None:
     for task in saved["tasks"].values():
         assert set(task["summary"]) == {"warmopt"}
         assert task["summary"]["warmopt"]["val_vs_oracle"] is None
-        assert task["targets"] is None  # no anchors ran: the targets are n/a, not a crash
+    assert saved["targets"] == {"tuning": {}, "heldout": {}}  # no anchors ran: n/a, no crash
     text = (tmp_path / "quality_tiny.md").read_text()
     assert "| warmopt |" in text and "Targets: n/a" in text
+
+    # --merge: a second run of another method reports both; its own pairs replace the file's
+    first = tmp_path / "first.json"
+    (tmp_path / "quality_tiny.json").rename(first)
+    quality.main(["--tiny", "--tasks", "digits_ce", "--methods", "none", "warmopt", "--merge",
+                  str(first), "--out", str(tmp_path), "--workers", "1"])  # fmt: skip
+    both = json.loads((tmp_path / "quality_tiny.json").read_text())
+    assert set(both["tasks"]) == set(saved["tasks"])
+    assert set(both["tasks"]["digits_ce"]["summary"]) == {"none", "warmopt"}
+    assert set(both["tasks"]["lm_post_ln"]["summary"]) == {"warmopt"}
+    redone = [r for r in both["runs"] if r["task"] == "digits_ce" and r["method"] == "warmopt"]
+    assert len(redone) == len(task_lrs := both["tasks"]["digits_ce"]["spec"]["lrs"])
+    assert both["meta"]["runs"] == 2 * len(task_lrs)  # the runs made now
+    assert both["meta"]["merged"][0]["runs"] == len(saved["runs"]) - len(task_lrs)
+    assert "Merged: " in (tmp_path / "quality_tiny.md").read_text()
+    with pytest.raises(SystemExit):  # a results file of another mode is refused
+        quality.main(["--quick", "--tasks", "digits_ce", "--methods", "none", "--merge",
+                      str(first), "--out", str(tmp_path)])  # fmt: skip
 
 
 def test_gi_adam_initialises_second_moment_from_first_gradient() -> None:
