@@ -233,7 +233,9 @@ def test_ddp_ranks_agree_and_equal_the_single_process_run(
     assert 0 < min(r0["scales"].values()) < 1  # compared mid warm-up
 
 
-def test_zero_redundancy_optimizer_matches_the_unsharded_run(ranks: list[dict[str, Any]]) -> None:
+def test_zero_redundancy_optimizer_matches_the_unsharded_run(
+    ranks: list[dict[str, Any]], reference: dict[str, Any]
+) -> None:
     """Each rank's WarmupOptimizer holds whole tensors. With ``Measured(follow_vectors=False)``
     every tensor's cap is its own, needs no communication, and the sharded run is the unsharded
     one. Under the default a vector follows the median cap of the matrices *its rank* holds,

@@ -228,8 +228,9 @@ class WarmupOptimizer(Optimizer):
         """As :meth:`torch.optim.Optimizer.load_state_dict`, keeping the warm-up numbers float32.
 
         torch casts every per-parameter state tensor except ``step`` to the parameter's dtype; a
-        bfloat16 copy of a scale keeps 3 digits, so the ``warmup_*`` entries are restored from the
-        saved values in float32. A checkpoint without them (plain torch.optim.Adam) loads too: the
+        bfloat16 copy of a scale keeps 3 digits, so the ``warmup_*`` numbers are restored from the
+        saved values in float32 (a policy's parameter-shaped buffer, such as RMSprop's
+        ``warmup_grad_avg``, keeps float64 where it was saved so). A checkpoint without them (plain torch.optim.Adam) loads too: the
         warm-up state is then created on the next step and the policy restarts from the
         checkpoint's step count (see docs/warmup.md, "Resuming").
 
@@ -259,7 +260,8 @@ class WarmupOptimizer(Optimizer):
         self._seen_lrs = []
 
     def _restore_warmup_state(self, state_dict: dict[str, Any]) -> None:
-        """Copy the saved ``warmup_*`` entries into the state as float32 (torch cast them), then
+        """Copy the saved ``warmup_*`` entries into the state as float32 (torch cast them; a
+        policy buffer saved in float64 stays float64), then
         fit them to this optimizer's policy. Where the loaded step counts live on a device, the
         host takes its own count of them from the saved ones (read at load, not on a step)."""
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]

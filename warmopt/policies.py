@@ -170,6 +170,9 @@ class Measured(WarmupPolicy):
     * **It never falls** (unless ``rewarm``): the running maximum makes the scale a ramp, so a
       stationary stream -- heavy-tailed or spiky gradients -- cannot lower it, and the warm-up
       ends the first time every scale is 1; from then on the step is torch's own.
+    * **Pooled units take their largest step.** Under ``granularity="group"`` or ``"global"``
+      a unit's :math:`\hat u_t` is the largest of its leading tensors', so its one scale keeps
+      each of them under :math:`U`.
 
     :math:`U = 0.02` was chosen on the benchmark's tuning tasks (``python -m
     benchmarks.quality --split tuning``; 0.01 and 0.03 are its ablations) and is of the order of
