@@ -771,7 +771,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (args.out / f"{stem}.json").write_text(json.dumps(_finite(result), indent=1, allow_nan=False))
     (args.out / f"{stem}.md").write_text(text)
     print(text)
-    print(f"{len(runs)} runs in {elapsed:.0f} s; results in {args.out}/{stem}.*")
+    merged = f" (and {len(merged_runs)} merged)" if merged_runs else ""
+    print(f"{len(runs) - len(merged_runs)} runs in {elapsed:.0f} s{merged}; results in "
+          f"{args.out}/{stem}.*")  # fmt: skip
     return result
 
 
