@@ -58,6 +58,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -231,7 +232,8 @@ def train(name: str, lr: float, seed: int, setting: Setting) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(1000 + seed)
     with torch.no_grad():
         loss0 = float(loss_fn(s.kind, model(data.x_train), data.y_train))
-    curve = []
+    curve: list[float] = []
+    scales: list[float] = []  # warmopt's median per-tensor scale after each step
     for _ in range(s.steps):
         if s.batch:
             idx = torch.randint(0, len(data.x_train), (s.batch,), generator=gen)
@@ -242,6 +244,8 @@ def train(name: str, lr: float, seed: int, setting: Setting) -> dict[str, Any]:
         loss.backward()
         method.step()
         curve.append(loss.item())
+        if isinstance(method.opt, warmopt.WarmupOptimizer):  # a sync; fine in a benchmark
+            scales.append(float(torch.cat(method.opt.warmup_scale).median()))
         if not math.isfinite(curve[-1]):
             break
     with torch.no_grad():
@@ -255,6 +259,8 @@ def train(name: str, lr: float, seed: int, setting: Setting) -> dict[str, Any]:
         "val_acc": acc if math.isfinite(final) else 0.0,
         "failed": failed, "stalled": (not failed) and final >= stall,
         "curve": curve, "cpu_seconds": time.process_time() - t0,
+        **({"scale_first": scales[0], "warm_at": next(
+            (i + 1 for i, x in enumerate(scales) if x >= 1.0), None)} if scales else {}),
     }  # fmt: skip
 
 
@@ -598,6 +604,39 @@ def legend(setting: Setting, seeds: int, constant: float, resamples: int) -> lis
     ]
 
 
+def warmup_lengths(runs: list[dict[str, Any]], lrs: list[float]) -> list[dict[str, Any]]:
+    """Per lr, over the seeds: warmopt's median scale after its first step, and the step at
+    which that median first reached 1 (None for a seed still warming at the end)."""
+    out = []
+    for lr in lrs:
+        rs = [r for r in runs if r["method"] == "warmopt" and r["lr"] == lr and "warm_at" in r]
+        if not rs:
+            continue
+        ends = [r["warm_at"] for r in rs]
+        done = sorted(e for e in ends if e is not None)
+        out.append({
+            "lr": lr, "scale_first": statistics.median(r["scale_first"] for r in rs),
+            "warm_at_median": float(statistics.median(done)) if len(done) * 2 > len(ends)
+            else None,
+            "still_warming": len(ends) - len(done), "seeds": len(ends),
+        })  # fmt: skip
+    return out
+
+
+def warmup_lines(rows: list[dict[str, Any]], steps: int) -> list[str]:
+    if not rows:
+        return []
+    cells = []
+    for r in rows:
+        end = (f"scale 1 at step {r['warm_at_median']:g}" if r["warm_at_median"] is not None
+               else f"still below 1 at step {steps}")  # fmt: skip
+        late = f", {r['still_warming']} of {r['seeds']} seeds still warming" \
+            if r["still_warming"] and r["warm_at_median"] is not None else ""  # fmt: skip
+        cells.append(f"{r['lr']:g}: {r['scale_first']:.3f} -> {end}{late}")
+    return ["warmopt's warm-up at each lr (median over seeds of the median per-tensor scale: "
+            "after the first step -> the step it first reached 1): " + "; ".join(cells), ""]
+
+
 def report(
     summary: dict[str, Any],
     meta: dict[str, Any],
@@ -664,6 +703,8 @@ def report(
         "Linear warm-up length picked for the oracle at each lr: "
         + ", ".join(f"{lr:g}: {k} steps" for lr, k in zip(lrs, summary["oracle_lengths"])),
         "",
+        *warmup_lines(summary.get("warmopt_warmup", []), setting.steps),
+        "## How to read this",
         "## How to read this",
         "",
         *legend(setting, n, meta["constant_loss"], summary["resamples"]),
@@ -744,6 +785,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     constant = constant_loss(kind, _data().y_train)
     summary = summarize(grid, METHODS, BOOTSTRAP, constant)
     summary["verdict"] = verdict(summary, len(seeds))
+    summary["warmopt_warmup"] = warmup_lengths(runs, lrs)
     meta = {
         "torch": torch.__version__, "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),

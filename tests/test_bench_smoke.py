@@ -59,6 +59,11 @@ def test_demo_runs_tiny_into_its_folder_with_a_verdict(
         assert "## Verdict" in where and summary["best"] in where.split("## Verdict")[1]
         assert "LR sensitivity S" in where and "`†k`" in where and "`*k`" in where
     assert text.rstrip().endswith(summary["verdict"][-1])
+    # warmopt's warm-up per lr: its first scale, and where the median scale reached 1
+    warm = summary["warmopt_warmup"]
+    assert [w["lr"] for w in warm] == saved["meta"]["lrs"]
+    assert all(0 < w["scale_first"] <= 1 and w["seeds"] == 2 for w in warm)
+    assert "warmopt's warm-up at each lr" in text
     assert _git_status(root) == before  # nothing written into the checkout
 
 
