@@ -637,6 +637,12 @@ def warmup_lines(rows: list[dict[str, Any]], steps: int) -> list[str]:
             "after the first step -> the step it first reached 1): " + "; ".join(cells), ""]
 
 
+def against_lines(summary: dict[str, Any]) -> list[str]:
+    if not summary.get("against_plain"):
+        return []
+    return ["## Against the same run without --jitter", "", *summary["against_plain"], ""]
+
+
 def report(
     summary: dict[str, Any],
     meta: dict[str, Any],
@@ -705,12 +711,10 @@ def report(
         "",
         *warmup_lines(summary.get("warmopt_warmup", []), setting.steps),
         "## How to read this",
-        "## How to read this",
         "",
         *legend(setting, n, meta["constant_loss"], summary["resamples"]),
         "",
-        *(["## Against the same run without --jitter", "", *summary["against_plain"], ""]
-          if summary.get("against_plain") else []),  # fmt: skip
+        *against_lines(summary),
         "## Verdict",
         "",
         *summary["verdict"],

@@ -64,6 +64,7 @@ def test_demo_runs_tiny_into_its_folder_with_a_verdict(
     assert [w["lr"] for w in warm] == saved["meta"]["lrs"]
     assert all(0 < w["scale_first"] <= 1 and w["seeds"] == 2 for w in warm)
     assert "warmopt's warm-up at each lr" in text
+    assert all(text.count(h) == 1 for h in ("## How to read this", "## Verdict"))
     assert _git_status(root) == before  # nothing written into the checkout
 
 
