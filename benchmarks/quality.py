@@ -19,8 +19,9 @@ give every method the task's decoupled weight decay):
 * ``linear_oracle``       linear warm-up over 5 %, 20 % or 50 % of the run, the best of the three
                           per LR on the final training loss (hand-tuned, picked after the fact)
 * ``untuned_linear``      ``pytorch_warmup.UntunedLinearWarmup`` (2/(1-beta2) steps; on RMSprop,
-                          whose group has no ``betas``, ``LinearWarmup`` with the same rule on alpha)
-* ``untuned_exponential`` ``pytorch_warmup.UntunedExponentialWarmup`` (RMSprop: ``ExponentialWarmup``)
+                          whose group has no ``betas``, ``LinearWarmup`` with that rule on alpha)
+* ``untuned_exponential`` ``pytorch_warmup.UntunedExponentialWarmup`` (RMSprop:
+  ``ExponentialWarmup``)
 * ``radam``               ``torch.optim.RAdam``
 * ``gi_adam``/``gi_rmsprop``  the second moment initialised to ``g_0**2`` (Kalra & Barkeshli 2024)
 * ``schedulefree``        ``schedulefree.AdamWScheduleFree(warmup_steps=0)``, evaluated in eval mode
@@ -86,7 +87,9 @@ UNTUNED_ANCHORS = ("untuned_linear", "untuned_exponential", "radam")
 #: warmopt and its ablations: (policy, granularity); the policies are built per run.
 WARMOPT: dict[str, tuple[Callable[[], Any], str]] = {
     "warmopt": (lambda: "measured", "tensor"),
-    "warmopt_v1": (lambda: warmopt.Measured(max_update=None, confidence=True, drift=True), "tensor"),
+    "warmopt_v1": (
+        lambda: warmopt.Measured(max_update=None, confidence=True, drift=True), "tensor"
+    ),
     "warmopt_conf": (lambda: warmopt.Measured(confidence=True), "tensor"),
     "warmopt_drift": (lambda: warmopt.Measured(drift=True), "tensor"),
     "warmopt_cap01": (lambda: warmopt.Measured(max_update=0.01), "tensor"),
@@ -355,7 +358,8 @@ def summarize_task(spec: TaskSpec, runs: list[dict[str, Any]],
             mine, base = grid[m][lrs[0]]["final_losses"], grid["none"][lrs[0]]["final_losses"]
             s["small_lr_vs_none"] = _mean(mine) - _mean(base)
             s["small_lr_noise"] = _two_se(mine, base)
-    return {"spec": asdict(spec), "loss0": loss0, "constant_loss": get_problem(spec).constant_loss(),
+    constant = get_problem(spec).constant_loss()
+    return {"spec": asdict(spec), "loss0": loss0, "constant_loss": constant,
             "grid": {m: {repr(lr): c for lr, c in g.items()} for m, g in grid.items()},
             "summary": summary}  # fmt: skip
 
@@ -456,8 +460,9 @@ def _split_lines(title: str, names: list[str], result: dict[str, Any]) -> list[s
         for n, x in g["tasks"].items():
             out.append(f"| {n} | {x['best_anchor']} | {_yn(x['not_worse_than_median_anchor'])} | "
                        f"{_yn(x['val_within_noise_of_oracle'])} | "
-                       f"{_yn(x['small_lr_within_noise_of_none'])} | {_yn(x['S_at_most_oracle'])} |")
-    return out + [""]
+                       f"{_yn(x['small_lr_within_noise_of_none'])} | "
+                       f"{_yn(x['S_at_most_oracle'])} |")
+    return [*out, ""]
 
 
 def _task_lines(name: str, t: dict[str, Any]) -> list[str]:
@@ -485,7 +490,7 @@ def _task_lines(name: str, t: dict[str, Any]) -> list[str]:
         picks = [t["grid"]["linear_oracle"][repr(lr)]["picked"] for lr in lrs]
         out += ["", "Oracle's warm-up length per LR: "
                 + ", ".join(f"{lr:g}: {p.split('_')[1]}" for lr, p in zip(lrs, picks)) + "."]
-    return out + [""]
+    return [*out, ""]
 
 
 def markdown(result: dict[str, Any]) -> str:

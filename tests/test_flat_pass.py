@@ -23,7 +23,9 @@ from .opcount import OpCounter
 #: cap holds, and the fresh ratio (windows that sweep each tensor) of the earlier default.
 POLICIES = {
     "relative step": (warmopt.Measured(sample=64, max_update=1e-3), 1.0),
-    "fresh ratio": (warmopt.Measured(sample=64, max_update=None, confidence=True, drift=True), 1e-3),
+    "fresh ratio": (
+        warmopt.Measured(sample=64, max_update=None, confidence=True, drift=True), 1e-3
+    ),
 }
 POLICY = POLICIES["fresh ratio"][0]
 SHAPES = [(8,), (3, 7), (), (300,), (40, 50), (2, 2, 2), (65,), (1, 64)]

@@ -153,7 +153,8 @@ def test_quality_table_matches_the_quality_results() -> None:
                     f"{s[best]['sensitivity']:.3f} ({best})", f"{s['warmopt']['sensitivity']:.3f}"]
         assert cells[1:5] == expected, line
     agg = [c.strip().strip("*") for c in rows[-1].strip("|").split("|")]
-    none = [saved["tasks"][n]["summary"]["none"]["normalized_sensitivity"] for n in targets["tasks"]]
+    none = [saved["tasks"][n]["summary"]["none"]["normalized_sensitivity"]
+            for n in targets["tasks"]]  # fmt: skip
     assert agg[1] == f"{sum(none) / len(none):.3f}", rows[-1]
     assert agg[2:5] == [f"{targets['aggregate_oracle_S']:.3f}",
                         f"{targets['aggregate_best_anchor_S']:.3f}",

@@ -29,16 +29,18 @@ CONFIGS = [
     pytest.param(warmopt.RMSprop, {"lr": 1e-2, "centered": True}, "single", id="rmsprop-single"),
     # without momentum: the running gradient average warmup_grad_avg (window-sized state)
     pytest.param(warmopt.RMSprop, {"lr": 1e-2}, "foreach", id="rmsprop-grad-avg-foreach"),
-    pytest.param(warmopt.RMSprop, {"lr": 1e-2, "alpha": 0.9}, "single", id="rmsprop-grad-avg-single"),
+    pytest.param(
+        warmopt.RMSprop, {"lr": 1e-2, "alpha": 0.9}, "single", id="rmsprop-grad-avg-single"
+    ),
     # the relative step on each tensor's first 5 coordinates (and RMSprop's average on them)
     pytest.param(
         warmopt.Adam, {"lr": 1e-2, "warmup": warmopt.Measured(sample=5)}, "foreach",
         id="adam-window-foreach",
-    ),  # fmt: skip
+    ),
     pytest.param(
         warmopt.RMSprop, {"lr": 1e-2, "warmup": warmopt.Measured(sample=5)}, "single",
         id="rmsprop-window-single",
-    ),  # fmt: skip
+    ),
     # the previous default, whose numbers are the fresh-ratio statistics
     pytest.param(warmopt.Adam, {"lr": 1e-2, "warmup": v1()}, "single", id="adam-v1-single"),
     # windows of 5 coordinates: keyed on each tensor's step count, so a resumed run measures the
@@ -182,8 +184,8 @@ def test_resume_after_the_default_warmup_ended_keeps_its_numbers(
         resumed, fresh = copy.deepcopy((ours, opt))
     else:
         resumed, fresh = pickle.loads(pickle.dumps((ours, opt)))
-    for t in range(t, t + 3):
-        feed([ours, resumed], t)
+    for u in range(t, t + 3):
+        feed([ours, resumed], u)
         opt.step()
         fresh.step()
         _assert_same_run(ours, resumed, opt, fresh)

@@ -53,7 +53,9 @@ CUDA = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 #: The flags torch's Adam/AdamW/RMSprop.__setstate__ fill in for state dicts saved before them.
-NEWER_FLAGS = ("maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay")
+NEWER_FLAGS = (
+    "maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay",
+)  # fmt: skip
 
 
 def _configs(device: str, skip: tuple[str, ...] = (), only: str | None = None) -> list[Any]:
@@ -282,7 +284,9 @@ def test_a_state_dict_without_the_newer_flags_loads_as_into_torch_and_steps(
     if warmup is None:
         _assert_same_run(ours, theirs, opt, ref)
     else:
-        assert all(not torch.equal(p, p0) and torch.isfinite(p).all() for p, p0 in zip(ours, before))
+        moved = [not torch.equal(p, p0) and bool(torch.isfinite(p).all())
+                 for p, p0 in zip(ours, before)]  # fmt: skip
+        assert all(moved)
         scales = torch.cat(opt.warmup_scale)
         assert ((scales > 0) & (scales <= 1)).all(), scales
 

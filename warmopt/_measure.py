@@ -528,7 +528,8 @@ def measure_update(
             layout = layouts.update_pass(device, home, [offset + i for i in idx],
                                          [lengths[i] for i in idx], n)  # fmt: skip
 
-            def pack(ts: list[Tensor], idx: list[int] = idx, layout: Any = layout) -> Tensor:
+            def pack(ts: list[Tensor], idx: list[int] = idx, layout: Any = layout,
+                     lengths: list[int] = lengths, dtype: torch.dtype = dtype) -> Tensor:
                 pieces = [_first(ts[i], lengths[i]) for i in idx]
                 return _stats.pack_blocks(pieces, layout.pads).to(dtype)
 

@@ -163,7 +163,9 @@ class ReferenceOptimizer:
         h = self.hyper
         # warm-up over (every tensor with state at scale 1, and the scale cannot fall): torch's
         # own step, until a tensor gets its first gradient
-        new_tensor = any(p.grad is not None and i not in self.state for i, p in enumerate(self.params))
+        new_tensor = any(
+            p.grad is not None and i not in self.state for i, p in enumerate(self.params)
+        )
         if self.done and not new_tensor:
             self._plain_step()
             return

@@ -184,7 +184,8 @@ def warmup_summary(optimizer: Optimizer) -> dict[str, Tensor]:
         g_mid = g_mid.clone()
         start = torch.tensor(starts, device=device)
         for i in measured:
-            k = torch.zeros(n_groups, device=device).index_add_(0, group_of, (values[i] > 0).float())
+            positive = (values[i] > 0).float()
+            k = torch.zeros(n_groups, device=device).index_add_(0, group_of, positive)
             pos = start + (count - k) + torch.div(k - 1, 2, rounding_mode="floor")
             got = by_group[i].gather(0, pos.long().clamp(0, total - 1))
             g_mid[i] = torch.where(k > 0, got, math.nan)

@@ -230,9 +230,10 @@ class WarmupOptimizer(Optimizer):
         torch casts every per-parameter state tensor except ``step`` to the parameter's dtype; a
         bfloat16 copy of a scale keeps 3 digits, so the ``warmup_*`` numbers are restored from the
         saved values in float32 (a policy's parameter-shaped buffer, such as RMSprop's
-        ``warmup_grad_avg``, keeps float64 where it was saved so). A checkpoint without them (plain torch.optim.Adam) loads too: the
-        warm-up state is then created on the next step and the policy restarts from the
-        checkpoint's step count (see docs/warmup.md, "Resuming").
+        ``warmup_grad_avg``, keeps float64 where it was saved so). A checkpoint without them
+        (plain torch.optim.Adam) loads too: the warm-up state is then created on the next step
+        and the policy restarts from the checkpoint's step count (see docs/warmup.md,
+        "Resuming").
 
         A checkpoint saved under another policy loads the same way: the ``warmup_*`` entries
         this optimizer's policy does not use are dropped (all of them with ``warmup=None``), and

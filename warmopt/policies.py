@@ -322,18 +322,22 @@ class Measured(WarmupPolicy):
             sample=self.sample if self._fresh else None,
             every=self.measure_every,
             can_fall=self.rewarm,
-            pooling={
-                "cap": "amin", "update_ratio": "amax", "confidence": "amin",
-                "kurtosis": "mean", "evidence": "amin", "drift": "amax", "drift_var": "amax",
-            },  # fmt: skip
-            summary=(("update_ratio",) if capped else ()) + (("kurtosis", "drift") if self._fresh
-                                                              else ()),  # fmt: skip
+            pooling=dict(self.POOLING),
+            summary=(*(("update_ratio",) if capped else ()),
+                     *(("kurtosis", "drift") if self._fresh else ())),
             fresh_ratio=self._fresh,
             update=capped,
             update_window=self.sample,
             vectors_lead=not self.follow_vectors,
             buffers=("grad_avg",) if capped else (),
         )
+
+    #: how each number pools under granularity "group"/"global": the most cautious cap, the
+    #: largest measured step, the least confidence, the mean kurtosis, the largest drift
+    POOLING: ClassVar[dict[str, str]] = {
+        "cap": "amin", "update_ratio": "amax", "confidence": "amin",
+        "kurtosis": "mean", "evidence": "amin", "drift": "amax", "drift_var": "amax",
+    }  # fmt: skip
 
     def initial_state(self) -> dict[str, float]:
         k0 = self.prior_kurtosis if self.kurtosis else self.GAUSSIAN_KURTOSIS
