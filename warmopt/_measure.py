@@ -129,24 +129,13 @@ class Layouts:
         key = (device, home, tuple(picked), n, dtype, buffers)
         if key in self._passes and self._passes[key].lengths != lengths:
             del self._passes[key]  # the same tensors with other lengths (a new set of tensors)
-        got = self._passes.get(key)
+        got = self._cached(key)
         if got is not None:
-            self._passes.move_to_end(key)
             return got
-        zeros = self._zeros.get(device)
-        if zeros is None:
-            zeros = self._zeros[device] = torch.zeros(_stats.BLOCK, device=device)
-        pads = [zeros[: -k % _stats.BLOCK] if k % _stats.BLOCK else None for k in lengths]
-        blocks = [-(-k // _stats.BLOCK) for k in lengths]
-        rows = torch.tensor([i for i, b in enumerate(blocks) for _ in range(b)], dtype=torch.long)
-        identity = picked == list(range(n))
-        where = None if identity else torch.tensor(picked, dtype=torch.long).to(home)
-        rows = rows.to(device)
-        shape = (rows.numel(), _stats.BLOCK)
-        work = []
+        laid = self._lay_out(device, home, picked, lengths, n)
+        shape = (laid.rows.numel(), _stats.BLOCK)
         if buffers * shape[0] * shape[1] <= KEEP_FRACTION * whole:
-            work = [torch.empty(shape, dtype=dtype, device=device) for _ in range(buffers)]
-        laid = _Pass(list(lengths), pads, rows, where, work)
+            laid.work = [torch.empty(shape, dtype=dtype, device=device) for _ in range(buffers)]
         return self._remember(self._passes, key, laid)  # type: ignore[no-any-return]
 
     def update_pass(
@@ -155,10 +144,24 @@ class Layouts:
     ) -> _Pass:  # fmt: skip
         """The layout (rows, pads, positions) of a pass of the relative-step measurement."""
         key = ("update", device, home, tuple(picked), tuple(lengths), n)
+        got = self._cached(key)
+        if got is not None:
+            return got
+        laid = self._lay_out(device, home, picked, lengths, n)
+        return self._remember(self._passes, key, laid)  # type: ignore[no-any-return]
+
+    def _cached(self, key: Any) -> _Pass | None:
         got = self._passes.get(key)
         if got is not None:
             self._passes.move_to_end(key)
-            return got
+        return got
+
+    def _lay_out(
+        self, device: torch.device, home: torch.device, picked: list[int], lengths: list[int],
+        n: int,
+    ) -> _Pass:  # fmt: skip
+        """Pads, rows and positions of a pass over ``picked`` measuring ``lengths`` coordinates
+        each (no work buffers)."""
         zeros = self._zeros.get(device)
         if zeros is None:
             zeros = self._zeros[device] = torch.zeros(_stats.BLOCK, device=device)
@@ -167,8 +170,8 @@ class Layouts:
             [i for i, k in enumerate(lengths) for _ in range(-(-k // _stats.BLOCK))],
             dtype=torch.long,
         ).to(device)
-        where = None if picked == list(range(n)) else torch.tensor(picked).to(home)
-        return self._remember(self._passes, key, _Pass(list(lengths), pads, rows, where, []))  # type: ignore[no-any-return]
+        where = None if picked == list(range(n)) else torch.tensor(picked, dtype=torch.long)
+        return _Pass(list(lengths), pads, rows, None if where is None else where.to(home), [])
 
     def grad_average(
         self, state: dict[Any, dict[str, Any]], params: list[Tensor], layout: _Pass,
