@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 
 import warmopt
-from benchmarks._common import git_commit
+from benchmarks.harness import finite, git_commit
 
 #: The committed reference results (``--reference``); a user's run writes to DEFAULT_OUT.
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -814,7 +814,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "summary": summary,
         "runs": [{k: v for k, v in r.items() if k != "curve"} for r in runs],
     }
-    (out / f"{stem}.json").write_text(json.dumps(_finite(result), indent=1, allow_nan=False))
+    (out / f"{stem}.json").write_text(json.dumps(finite(result), indent=1, allow_nan=False))
     (out / f"{stem}.md").write_text(text)
     files = _plot(runs, grid, summary, meta, setting, out, stem)
     print(f"{len(runs)} runs in {elapsed:.0f} s; results in {out}/: "
@@ -829,17 +829,6 @@ def _default_policy() -> str:
     text = repr(warmopt.Adam([torch.zeros(1, requires_grad=True)]))
     found = [line.strip() for line in text.splitlines() if line.startswith("warmup:")]
     return found[0].removeprefix("warmup:").strip() if found else "unknown"
-
-
-def _finite(o: Any) -> Any:
-    """A copy that strict JSON accepts: inf and nan become null."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {str(k): _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
 
 
 # --------------------------------------------------------------------------- plots

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import gc
 import json
+import math
 import os
 import platform
 import random
@@ -38,7 +39,7 @@ from warmopt._opcount import SYNC_OPS, OpCounter
 __all__ = [
     "RESULTS", "SYNC_OPS", "OpCounter", "git_commit", "stamp", "Layout", "random_layout",
     "model_layout", "Candidate", "run_rounds", "quartiles", "paired_ratios", "table",
-    "write_results", "Progress", "quiet_stderr",
+    "write_results", "finite", "Progress", "quiet_stderr",
 ]  # fmt: skip
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -202,6 +203,17 @@ def write_results(name: str, result: dict[str, Any], markdown: str, out: Path = 
     (out / f"{name}.md").write_text(markdown)
     print(markdown)
     print(f"wrote {out / (name + '.json')} and {name}.md")
+
+
+def finite(o: Any) -> Any:
+    """A copy that strict JSON accepts: inf and nan become null (dict keys become strings)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [finite(v) for v in o]
+    return o
 
 
 class Progress:

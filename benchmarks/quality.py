@@ -76,7 +76,7 @@ from typing import Any
 import torch
 
 import warmopt
-from benchmarks._common import git_commit
+from benchmarks.harness import finite, git_commit
 
 from .quality_tasks import TaskSpec, get_problem, task_specs
 
@@ -641,17 +641,6 @@ def make_plots(runs: list[dict[str, Any]], result: dict[str, Any], out: Path, su
 # --------------------------------------------------------------------------- main
 
 
-def _finite(o: Any) -> Any:
-    """A copy that strict JSON accepts: inf and nan become null."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {str(k): _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -773,7 +762,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["runs"] = [{k: v for k, v in r.items() if k not in ("curve", "scales")} for r in runs]
     text = markdown(result)
     stem = f"quality{suffix}"
-    (args.out / f"{stem}.json").write_text(json.dumps(_finite(result), indent=1, allow_nan=False))
+    (args.out / f"{stem}.json").write_text(json.dumps(finite(result), indent=1, allow_nan=False))
     (args.out / f"{stem}.md").write_text(text)
     print(text)
     merged = f" (and {len(merged_runs)} merged)" if merged_runs else ""
