@@ -119,8 +119,7 @@ def _random_stats(gen: torch.Generator, n: int) -> Statistics:
     ratio = torch.sqrt(step_sq.double() / param_sq.double().clamp_min(1e-300))
     return Statistics(
         m1 * count, m2 * count, count, (torch.rand(n, generator=gen) > 0.1).float(),
-        step_sq=step_sq, param_sq=param_sq, leader=leader,
-        update_ratio=torch.where(leader > 0, ratio, 0.0),
+        leader=leader, update_ratio=torch.where(leader > 0, ratio, 0.0),
     )  # fmt: skip
 
 

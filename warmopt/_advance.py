@@ -100,7 +100,7 @@ def _pooled_update(
             how = POOLING[name]
             if how == "amax":
                 pooled[name] = reduce(value, "amax")
-            else:  # a sum over the tensors that count ("valid" or "leader")
+            else:  # a sum over the tensors that count ("valid")
                 weight = present.get(how)
                 pooled[name] = reduce(value if weight is None else value * weight, "sum")
         pooled_stats = Statistics(**pooled)

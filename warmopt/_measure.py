@@ -483,15 +483,14 @@ def measure_update(
     """The size of the step torch is about to take, at full ``lr``, against the parameters.
 
     For every tensor of ``warming``, on its first ``window`` real coordinates (all of them if it
-    has fewer, or with ``window=None``; an FSDP2 shard's first ones on each rank): the sums
-    ``step_sq`` of ``(lr d)^2`` and ``param_sq`` of ``p^2``, with ``d`` the update at unit lr
-    computed ahead of torch from this step's gradient and the moments before it
-    (``Algorithm.unit_update``), the ``leader`` flag (the tensor has at least two dimensions, or
-    any with ``vectors_lead``, and a non-zero ``param_sq``; the sums of the others are 0) and the
-    relative step ``update_ratio`` of each leader. One flat pass per param group
-    and device (the update's constants are the group's), a fixed number of kernels whatever the
-    number and shapes of the tensors. Where the algorithm keeps no running average of the
-    gradients (RMSprop without momentum) this stage keeps one on the window, in
+    has fewer, or with ``window=None``; an FSDP2 shard's first ones on each rank, the sums of
+    squares all-reduced): the ``leader`` flag (the tensor has at least two dimensions, or any
+    with ``vectors_lead``, and a non-zero norm) and each leader's relative step
+    ``update_ratio = ||lr d|| / ||p||``, with ``d`` the update at unit lr computed ahead of torch
+    from this step's gradient and the moments before it (``Algorithm.unit_update``). One flat
+    pass per param group and device (the update's constants are the group's), a fixed number of
+    kernels whatever the number and shapes of the tensors. Where the algorithm keeps no running
+    average of the gradients (RMSprop without momentum) this stage keeps one on the window, in
     ``state[p]["warmup_grad_avg"]`` (views of one matrix per pass, :meth:`Layouts.grad_average`):
     the only state it writes.
     """
@@ -572,10 +571,7 @@ def measure_update(
     leader = layouts.vector(("leader", tuple(static)), static, home) * (got["param_sq"] > 0)
     step_sq, param_sq = got["step_sq"] * lr2.float() * leader, got["param_sq"] * leader
     ratio = torch.sqrt(step_sq.double() / param_sq.double().clamp_min(1e-300))
-    return Statistics(
-        step_sq=step_sq, param_sq=param_sq, leader=leader,
-        update_ratio=torch.where(leader > 0, ratio, 0.0),
-    )  # fmt: skip
+    return Statistics(leader=leader, update_ratio=torch.where(leader > 0, ratio, 0.0))
 
 
 def _group_vector(values: list[Any], counts: list[int], home: torch.device) -> Tensor:

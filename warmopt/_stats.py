@@ -61,24 +61,21 @@ class Statistics:
     coordinates (:func:`update_row_sums`):
 
     Attributes:
-        step_sq: sum of the squares of the update torch is about to apply at the group's full
-            ``lr`` (``lr * d`` per coordinate).
-        param_sq: sum of the squares of the parameters before the update.
         leader: 1.0 for a tensor whose relative step is measured against its own size (at least
-            two dimensions and a non-zero ``param_sq``), 0.0 for the others (vectors, scalars,
-            tensors at zero), whose two sums are 0.
-        update_ratio: the relative step ``sqrt(step_sq / param_sq)`` of a leader (float64), 0
-            for the others. A unit of several tensors (group or global granularity) takes its
-            largest: the unit's scale must keep every matrix in it under the cap, and a ratio of
-            the pooled sums would let one large matrix hide a small one that moves far.
+            two dimensions and a non-zero norm), 0.0 for the others (vectors, scalars, tensors
+            at zero).
+        update_ratio: the relative step ``||lr * d|| / ||p||`` of a leader (float64; ``lr * d``
+            the update torch is about to apply at the group's full ``lr``, ``p`` the parameters
+            before it), 0 for the others. A unit of several tensors (group or global
+            granularity) takes its largest: the unit's scale must keep every matrix in it under
+            the cap, and a ratio of pooled sums would let one large matrix hide a small one that
+            moves far.
     """
 
     sum_r: Tensor | None = None
     sum_r2: Tensor | None = None
     count: Tensor | None = None
     valid: Tensor | None = None
-    step_sq: Tensor | None = None
-    param_sq: Tensor | None = None
     leader: Tensor | None = None
     update_ratio: Tensor | None = None
 
@@ -92,12 +89,11 @@ def _present(stats: Statistics) -> dict[str, Tensor]:
 
 
 #: How each field of :class:`Statistics` pools over the tensors of a unit (group/global
-#: granularity): the sums add up (over the tensors that count: ``valid`` for the fresh ratio,
-#: ``leader`` for the relative step), the flags are set if any tensor's is, and the relative
-#: step is the largest of the unit's leaders.
+#: granularity): the sums add up (over the tensors that count, ``valid``), the flags are set
+#: if any tensor's is, and the relative step is the largest of the unit's leaders.
 POOLING = {
     "sum_r": "valid", "sum_r2": "valid", "count": "valid", "valid": "amax",
-    "step_sq": "leader", "param_sq": "leader", "leader": "amax", "update_ratio": "amax",
+    "leader": "amax", "update_ratio": "amax",
 }  # fmt: skip
 
 

@@ -61,7 +61,7 @@ class MeasurementSpec:
             under their own names.
         fresh_ratio: whether the statistics include the fresh-ratio sums (``sum_r`` ...), on
             windows of ``sample`` coordinates that sweep each tensor.
-        update: whether they include the relative step (``step_sq``, ``param_sq``, ``leader``),
+        update: whether they include the relative step (``update_ratio``, ``leader``),
             on each tensor's first ``update_window`` coordinates (all with ``None``).
         vectors_lead: measure vectors and scalars against their own norm too (else only tensors
             of two or more dimensions lead, and the policy decides what the others do).
