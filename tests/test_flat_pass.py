@@ -199,3 +199,52 @@ def test_accelerator_path_windows_stay_right_after_a_skipped_gradscaler_step(
         runs.append(kurt)
     assert runs[0] == runs[1]
     assert [float(opt.state[p]["step"]) for p in params] == [9.0, 9.0]
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_kept_buffers_and_cached_windows_measure_what_fresh_ones_do(
+    transposed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relative step's pass keeps its work buffers and its windows of the parameters and
+    moments from step to step; the scales are those of a twin that makes both afresh on every
+    step, through gradients set to None, a parameter whose storage is replaced (``p.data =``)
+    and a loaded state dict. With a non-contiguous parameter no window is cached (they are
+    copies then)."""
+    import warmopt._measure as measure
+
+    def run() -> tuple[list[torch.Tensor], Any]:
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.01)
+                  for s in [(40, 50), (30,), (9, 7)]]  # fmt: skip
+        if transposed:
+            params[2] = torch.nn.Parameter(params[2].detach().t())
+        opt = warmopt.Adam(params, lr=1e-2, foreach=True)
+        scales = []
+        for t in range(12):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen) * (1 + t)
+            if t == 4:
+                params[0].data = params[0].data.clone()  # new storage, same Parameter
+            if t == 8:
+                saved = opt.state_dict()
+                opt = warmopt.Adam(params, lr=1e-2, foreach=True)
+                opt.load_state_dict(saved)
+            opt.step()
+            scales.append(torch.cat(opt.warmup_scale).clone())
+            opt.zero_grad()
+        return scales, opt
+
+    kept, opt = run()
+    (layout,) = opt._layouts._passes.values()
+    assert layout.work
+    assert set(layout.windows) == (set() if transposed else {"p", "m", "v"})
+    monkeypatch.setattr(measure, "KEEP_BYTES", 0)
+    monkeypatch.setattr(measure, "KEEP_FRACTION", 0.0)
+    monkeypatch.setattr(measure, "_windows", lambda layout, name, ts, ks: [
+        measure._first(t, k) for t, k in zip(ts, ks)])  # fmt: skip
+    fresh, opt = run()
+    (layout,) = opt._layouts._passes.values()
+    assert not layout.work and not layout.windows
+    assert float(kept[-1].max()) < 1  # still warming
+    for a, b in zip(kept, fresh):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import operator
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,18 +38,21 @@ from ._stats import Statistics
 from .policies import MeasurementSpec
 
 __all__ = [
-    "FLAT_MAX_NUMEL", "GRAD_AVG_DECAY", "KEEP_FRACTION", "Layouts", "measure", "measure_update",
-    "staggered",
+    "FLAT_MAX_NUMEL", "GRAD_AVG_DECAY", "KEEP_BYTES", "KEEP_FRACTION", "Layouts", "measure",
+    "measure_update", "staggered",
 ]  # fmt: skip
 
 #: Decay of the running average of the gradients kept where the algorithm keeps none (RMSprop
 #: without momentum): Adam's default beta1.
 GRAD_AVG_DECAY = 0.9
 
-#: A pass keeps its work buffers from step to step while they hold at most this fraction of the
-#: elements of the tensors it measures (no parameter-sized buffer is kept: for models of many
-#: tensors measured whole the buffers are made on every step).
+#: A pass keeps its work buffers from step to step (fresh multi-MB buffers on every step cost
+#: page faults on the CPU: a 3.5 MB ``torch.cat`` takes ~3 ms into a new buffer and ~0.6 ms into
+#: a kept one) while they hold at most this fraction of the elements of the tensors it
+#: measures, or at most ``KEEP_BYTES`` in all: no buffer that grows with the parameters is kept
+#: (for large models of many tensors measured whole the buffers are made on every step).
 KEEP_FRACTION = 0.25
+KEEP_BYTES = 16 << 20
 
 #: At most this many coordinates (padded) go through one flat pass: bounds its buffers (g and v,
 #: 4 bytes each per coordinate; p too with coupled decay) when every coordinate is measured
@@ -84,6 +87,11 @@ class _Pass:
     #: measure stage keeps one (:meth:`Layouts.grad_average`; kept on the layout, not in a table
     #: keyed by ``id(layout)``, which torch.compile cannot trace)
     averaged: tuple[Tensor, list[Tensor]] | None = None
+    #: the relative-step pass's windows of persistent tensors (parameters, optimizer state) by
+    #: name: ``(tensors, data_ptrs, windows)``, reused while the same tensors hold the same
+    #: storage (building ~400 views costs about a millisecond per list on the CPU). Never
+    #: gradients: caching them would keep last step's gradients alive.
+    windows: dict[str, tuple[list[Tensor], list[int], list[Tensor]]] = field(default_factory=dict)
 
 
 class Layouts:
@@ -105,6 +113,12 @@ class Layouts:
 
     def __bool__(self) -> bool:
         return bool(self._passes or self._vectors)
+
+    def kept_bytes(self) -> int:
+        """Bytes of the work buffers the passes keep from step to step (until the warm-up
+        ends)."""
+        return sum(t.numel() * t.element_size() for laid in self._passes.values()
+                   for t in laid.work)  # fmt: skip
 
     def _remember(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> Any:
         table[key] = value
@@ -133,22 +147,34 @@ class Layouts:
         if got is not None:
             return got
         laid = self._lay_out(device, home, picked, lengths, n)
-        shape = (laid.rows.numel(), _stats.BLOCK)
-        if buffers * shape[0] * shape[1] <= KEEP_FRACTION * whole:
-            laid.work = [torch.empty(shape, dtype=dtype, device=device) for _ in range(buffers)]
+        self._keep_work(laid, dtype, device, buffers, whole)
         return self._remember(self._passes, key, laid)  # type: ignore[no-any-return]
 
     def update_pass(
         self, device: torch.device, home: torch.device, picked: list[int], lengths: list[int],
-        n: int,
+        n: int, dtype: torch.dtype = torch.float32, buffers: int = 0, whole: int = 0,
     ) -> _Pass:  # fmt: skip
-        """The layout (rows, pads, positions) of a pass of the relative-step measurement."""
-        key = ("update", device, home, tuple(picked), tuple(lengths), n)
+        """The layout (rows, pads, positions) of a pass of the relative-step measurement, with
+        ``buffers`` work buffers of ``dtype`` kept under the rule of :meth:`flat_pass`."""
+        key = ("update", device, home, tuple(picked), tuple(lengths), n, dtype, buffers)
         got = self._cached(key)
         if got is not None:
             return got
         laid = self._lay_out(device, home, picked, lengths, n)
+        self._keep_work(laid, dtype, device, buffers, whole)
         return self._remember(self._passes, key, laid)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _keep_work(
+        laid: _Pass, dtype: torch.dtype, device: torch.device, buffers: int, whole: int
+    ) -> None:
+        """Give ``laid`` ``buffers`` kept work buffers if they hold at most ``KEEP_FRACTION`` of
+        the ``whole`` elements the pass measures, or at most ``KEEP_BYTES``."""
+        shape = (laid.rows.numel(), _stats.BLOCK)
+        numel = buffers * shape[0] * shape[1]
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if buffers and (numel <= KEEP_FRACTION * whole or numel * itemsize <= KEEP_BYTES):
+            laid.work = [torch.empty(shape, dtype=dtype, device=device) for _ in range(buffers)]
 
     def _cached(self, key: Any) -> _Pass | None:
         got = self._passes.get(key)
@@ -430,9 +456,29 @@ def _window(t: Tensor, start: int, size: int) -> Tensor:
 
 def _first(t: Tensor, k: int) -> Tensor:
     """The first ``k`` coordinates of flattened ``t`` (``t`` itself when it is 1-D and has ``k``:
-    no op for a vector measured whole)."""
-    flat = t if t.dim() == 1 else t.reshape(-1)
-    return flat if flat.numel() == k else flat[:k]
+    no op for a vector measured whole; a copy of ``t`` first if it is not contiguous, as
+    ``reshape`` makes)."""
+    if t.dim() == 1 and t.numel() == k:
+        return t
+    if torch.compiler.is_compiling():
+        return t.reshape(-1)[:k]
+    return _window(t, 0, k)
+
+
+def _windows(layout: _Pass, name: str | None, ts: list[Tensor], lengths: list[int]) -> list[Tensor]:
+    """The first ``lengths`` coordinates of each of ``ts`` (:func:`_first`), reused from
+    ``layout.windows[name]`` while ``ts`` are the same tensors on the same storage and all
+    contiguous (the windows are then views). ``name=None``: never cached (gradients)."""
+    if name is None or torch.compiler.is_compiling():
+        return [_first(t, k) for t, k in zip(ts, lengths)]
+    got = layout.windows.get(name)
+    ptrs = [t.data_ptr() for t in ts]
+    if got is not None and all(map(operator.is_, got[0], ts)) and got[1] == ptrs:
+        return got[2]
+    windows = [_first(t, k) for t, k in zip(ts, lengths)]
+    if all(t.is_contiguous() for t in ts):
+        layout.windows[name] = (list(ts), ptrs, windows)
+    return windows
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -527,17 +573,22 @@ def measure_update(
             dtype = torch.float64 if g.dtype == torch.float64 else torch.float32
             buckets.setdefault((g.device, dtype), []).append(i)
         for (device, dtype), idx in buckets.items():
-            layout = layouts.update_pass(device, home, [offset + i for i in idx],
-                                         [lengths[i] for i in idx], n)  # fmt: skip
-
-            def pack(ts: list[Tensor], idx: list[int] = idx, layout: Any = layout,
-                     lengths: list[int] = lengths, dtype: torch.dtype = dtype) -> Tensor:
-                pieces = [_first(ts[i], lengths[i]) for i in idx]
-                return _stats.pack_blocks(pieces, layout.pads).to(dtype)
-
-            g = pack(grads)
-            p = pack(params)
-            packed = {name: pack(ts) for name, ts in src.items()}
+            layout = layouts.update_pass(
+                device, home, [offset + i for i in idx], [lengths[i] for i in idx], n, dtype,
+                2 + len(src), sum(grads[i].numel() for i in idx),
+            )  # fmt: skip
+            work: list[Tensor | None] = [None] * (2 + len(src))
+            if layout.work and not torch.compiler.is_compiling():
+                work = [*layout.work]
+            lists = {None: grads, "p": params, **src}  # gradients first, never cached
+            g, p, *rest = (
+                _stats.pack_blocks(
+                    _windows(layout, name, [ts[i] for i in idx], [lengths[i] for i in idx]),
+                    layout.pads, out=buf,
+                ).to(dtype)
+                for (name, ts), buf in zip(lists.items(), work)
+            )  # fmt: skip
+            packed = dict(zip(src, rest))
             if averaged:  # the running average itself, laid out like the pass (no copy)
                 packed["num"] = layouts.grad_average(
                     state, [batch.params[i] for i in idx], layout, dtype
