@@ -195,6 +195,62 @@ def timing_rows(layout: Layout, algo: Algo, cands: list[Candidate]) -> list[dict
     return rows
 
 
+#: the stages of ``WarmupOptimizer.step`` (functions of ``warmopt.optimizer``), timed one by one
+STAGES = ("collect", "measure", "measure_update", "advance", "apply")
+
+
+def stage_rows(layout: Layout, rounds: int, device: torch.device) -> list[dict[str, Any]]:
+    """Where a warming step's time goes: Adam's warming variant (fresh, so it warms throughout)
+    stepped in alternation with torch's, each stage of its step timed (CPU only: on an
+    accelerator a stage's wall time is its launches, not its work)."""
+    if device.type != "cpu":
+        return []
+    import warmopt.optimizer as stages
+
+    algo, rows = ALGOS["adam"], []
+    spent: dict[str, float] = {}
+    originals = {name: getattr(stages, name) for name in STAGES}
+
+    def timed(name: str) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            out = originals[name](*args, **kwargs)
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+            return out
+
+        return run
+
+    for mode in ("foreach", "fused"):
+        base, warm = (candidate(algo, mode, v, layout) for v in ("torch", "warming"))
+        per_stage: dict[str, list[float]] = {name: [] for name in STAGES}
+        for name in STAGES:
+            setattr(stages, name, timed(name))
+        try:
+            for r in range(2 + rounds):
+                for c in (base, warm):
+                    c.set_grads(r)
+                    spent.clear()
+                    start = time.perf_counter()
+                    c.step()
+                    if r >= 2:
+                        c.times.append(time.perf_counter() - start)
+                if r >= 2:
+                    for name in STAGES:
+                        per_stage[name].append(spent.get(name, 0.0))
+        finally:
+            for name, f in originals.items():
+                setattr(stages, name, f)
+        opt = warm.info["opt"]
+        stage_ms = {name: statistics.median(v) * 1e3 for name, v in per_stage.items()}
+        rows.append({
+            "layout": layout.name, "optimizer": algo.name, "mode": mode, "n": rounds,
+            "torch_ms": statistics.median(base.times) * 1e3,
+            "warming_ms": statistics.median(warm.times) * 1e3, "stage_ms": stage_ms,
+            "still_warming": float(torch.cat(opt.warmup_scale).max()) < 1,
+        })  # fmt: skip
+    return rows
+
+
 def count_ops(algo: Algo, mode: str, variant: str, n: int, device: torch.device) -> OpCounter:
     gen = torch.Generator().manual_seed(0)
     params = [
@@ -272,6 +328,9 @@ def memory_rows(layout: Layout, cands: list[Candidate], device: torch.device) ->
             "peak_extra_bytes": peak_bytes(c.step, device),
             "state_bytes": sum(v.numel() * v.element_size() for st in state for v in st.values()
                                if isinstance(v, Tensor)),
+            # the measure stage's work buffers, kept between warming steps
+            "kept_bytes": layouts.kept_bytes() if (layouts := getattr(
+                c.info["opt"], "_layouts", None)) is not None else 0,
         })  # fmt: skip
     return rows
 
@@ -376,16 +435,37 @@ def markdown(result: dict[str, Any]) -> str:
         return "n/a" if x is None else f"{x / 2**20:.1f}"
 
     mem = {(r["layout"], r["optimizer"], r["mode"], r["variant"]): r for r in result["memory"]}
-    lines += ["", "## Peak extra memory during one step, and optimizer state (MB)", ""]
+    lines += ["", "## Peak extra memory during one step, and optimizer state (MB)", "",
+              "kept while warming: the measure stage's work buffers, held between warming "
+              "steps (at most a quarter of the measured tensors' elements, or 16 MiB) and "
+              "dropped when the warm-up ends.", ""]  # fmt: skip
     lines += harness.table(
         ["layout", "optimizer", "mode", "torch", "warming", "warmed", "state torch",
-         "state warmopt"],
+         "state warmopt", "kept while warming"],
         [[k[0], k[1], k[2], mb(r["peak_extra_bytes"]),
           mb(mem[(*k[:3], "warming")]["peak_extra_bytes"]),
           mb(mem[(*k[:3], "warmed")]["peak_extra_bytes"]), mb(r["state_bytes"]),
-          mb(mem[(*k[:3], "warming")]["state_bytes"])]
+          mb(mem[(*k[:3], "warming")]["state_bytes"]),
+          mb(mem[(*k[:3], "warming")].get("kept_bytes"))]
          for k, r in mem.items() if k[3] == "torch"],
     )  # fmt: skip
+    if result.get("stages"):
+        lines += ["", "## Where a warming step's time goes (Adam, median ms)", "",
+                  "A fresh warming optimizer stepped in alternation with torch's, each stage of "
+                  "its step timed: *collect* (torch's `_init_group` and the warm-up state), "
+                  "*measure* (the relative step on each tensor's first coordinates), *advance* "
+                  "(the policy), *apply* (the update at `lr * s`); *rest* is the step's own "
+                  "Python. Where *apply* matches torch, the extra is measuring.", ""]
+        lines += harness.table(
+            ["layout", "mode", "torch", "warming", "collect", "measure", "advance", "apply",
+             "rest", "still warming"],
+            [[r["layout"], r["mode"], f"{r['torch_ms']:.2f}", f"{r['warming_ms']:.2f}",
+              f"{r['stage_ms']['collect']:.2f}",
+              f"{r['stage_ms']['measure'] + r['stage_ms']['measure_update']:.2f}",
+              f"{r['stage_ms']['advance']:.2f}", f"{r['stage_ms']['apply']:.2f}",
+              f"{r['warming_ms'] - sum(r['stage_ms'].values()):.2f}",
+              "yes" if r["still_warming"] else "NO"] for r in result["stages"]],
+        )  # fmt: skip
     lines += ["", "## Targets", "", *harness.table(
         ["target", "worst", "at", "met", "missed"],
         [[t["target"], f"{t['worst']:.2f}x" if isinstance(t["worst"], float) else t["worst"],
@@ -417,6 +497,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     lays: dict[str, dict[str, Any]] = {}
     timings: list[dict[str, Any]] = []
     memory: list[dict[str, Any]] = []
+    stages: list[dict[str, Any]] = []
     try:
         for layout in layouts(preset, device, args.seed):
             probe_times: list[float] = []
@@ -431,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 probe_times += cands[-1].times
                 if layout.name in preset.memory_layouts:
                     memory += memory_rows(layout, cands, device)
+                del cands
+            stages += stage_rows(layout, preset.reps, device)
             lays[layout.name] = {
                 "tensors": len(layout.templates), "numel": layout.numel,
                 "description": layout.description,
@@ -446,7 +529,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         policies={k: repr(v) for k, v in policies().items()}, sync_ops=list(harness.SYNC_OPS),
         elapsed_s=round(time.perf_counter() - started, 1),
     )  # fmt: skip
-    result = {"meta": meta, "layouts": lays, "timings": timings, "ops": ops, "memory": memory}
+    result = {"meta": meta, "layouts": lays, "timings": timings, "ops": ops, "memory": memory,
+              "stages": stages}  # fmt: skip
     result["targets"] = targets(timings, ops)
     harness.write_results("step_cost", result, markdown(result), args.out)
     return result

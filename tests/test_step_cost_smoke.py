@@ -67,6 +67,15 @@ def test_tiny_run_writes_complete_results(tmp_path: Path) -> None:
             assert not row["same_ops_as_torch"] and row["extra_ops"] > 0
 
     assert written["memory"] and all(MEMORY_KEYS <= set(r) for r in written["memory"])
+    assert all(r["kept_bytes"] >= 0 for r in written["memory"])
+    stages = written["stages"]  # Adam foreach and fused on every layout, warming throughout
+    assert {(r["layout"], r["mode"]) for r in stages} == {
+        (lay, m) for lay in written["layouts"] for m in ("foreach", "fused")
+    }
+    for r in stages:
+        assert r["still_warming"] and r["n"] == meta["reps"]
+        assert set(r["stage_ms"]) == set(step_cost.STAGES)
+        assert 0 < r["stage_ms"]["apply"] and sum(r["stage_ms"].values()) <= r["warming_ms"] * 2
     assert {t["target"] for t in written["targets"]} >= {
         "fused warming <= 1.30x torch fused",
         "foreach warming <= 1.10x torch foreach",
@@ -74,4 +83,4 @@ def test_tiny_run_writes_complete_results(tmp_path: Path) -> None:
         "0 host syncs added",
     }
     md = (tmp_path / "step_cost.md").read_text()
-    assert "## Step time" in md and "## Targets" in md
+    assert "## Step time" in md and "## Targets" in md and "time goes" in md
