@@ -30,7 +30,8 @@ give every method the task's decoupled weight decay):
   cap on the relative update), ``warmopt_conf`` (the cap and the precision confidence),
   ``warmopt_drift`` (the cap and the lag factor), ``warmopt_cap01`` / ``warmopt_cap03``
   (``max_update`` 0.01 / 0.03 instead of 0.02), ``warmopt_own1d`` (vectors capped against their own
-  norm instead of following the matrices), ``warmopt_group`` (one scale per param group)
+  norm instead of following the matrices), ``warmopt_group`` (one scale per param group),
+  ``warmopt_rewarm`` (no running maximum: the cap holds on every step of the run)
 
 Metrics per task and method (L = final training loss on fixed training data, mean over seeds):
 LR sensitivity S = mean over the grid of min(L, L0) - min over the grid of L (Wortsman et al.
@@ -96,6 +97,7 @@ WARMOPT: dict[str, tuple[Callable[[], Any], str]] = {
     "warmopt_cap03": (lambda: warmopt.Measured(max_update=0.03), "tensor"),
     "warmopt_own1d": (lambda: warmopt.Measured(follow_vectors=False), "tensor"),
     "warmopt_group": (lambda: "measured", "group"),
+    "warmopt_rewarm": (lambda: warmopt.Measured(rewarm=True), "tensor"),
 }
 ANCHORS = ["none", "linear_oracle", *UNTUNED_ANCHORS, "gi_adam", "gi_rmsprop", "schedulefree"]
 ALL_METHODS = ANCHORS + list(WARMOPT)

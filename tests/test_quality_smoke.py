@@ -46,6 +46,7 @@ def test_quality_runs_tiny(tmp_path: Path) -> None:
             "warmopt_cap03",
             "warmopt_own1d",
             "warmopt_group",
+            "warmopt_rewarm",
         }
         if specs[name].optimizer == "rmsprop":
             assert methods == expected | {"gi_rmsprop"}
