@@ -25,7 +25,10 @@ What it reports: per method and learning rate the final training loss and valida
 (mean +- 2 standard errors over seeds), how many seeds stalled or failed, the LR sensitivity S
 (Wortsman et al. 2023; lower = more robust) with a bootstrap interval over seeds, and a verdict
 in plain words: which method was most LR-robust, by how much, and whether that lead is larger than
-the noise between seeds (a paired bootstrap over seeds of the difference in S).
+the noise between seeds (a paired bootstrap over seeds of the difference in S). For warmopt it
+also reports its warm-up per learning rate and which runs blew up (the loss, once below a tenth of
+the constant predictor's, back above half of it) and whether every weight matrix was then still
+capped (scale below 1).
 
 Why 12 seeds: at the highest learning rates single runs sit at the edge of stability, where a
 change of float rounding (another CPU, another build of torch) flips runs between training and
@@ -42,6 +45,7 @@ Usage::
     python -m benchmarks.demo --reference     # rewrite the committed benchmarks/results/demo.*
     python -m benchmarks.demo --seeds 4       # faster, with a wider spread
     python -m benchmarks.demo --jitter        # a change of machine, simulated (demo_jitter.*)
+    python -m benchmarks.demo --warmopt-policy rewarm  # the cap on every step (demo_rewarm.*)
     python -m benchmarks.demo --task ce       # the mini-batch cross-entropy variant
     python -m benchmarks.demo --tiny          # seconds: the smoke test's setting
 
@@ -100,6 +104,15 @@ STALL_MARGIN = 0.02
 SEEDS = 12
 #: Bootstrap resamples of the seeds for the intervals of S and of the differences in S.
 BOOTSTRAP = 2000
+#: warmopt's policy in a run (``--warmopt-policy``): the default, or the same cap without its
+#: running maximum (it then holds on every step of the run: a guard, not a warm-up).
+WARMOPT_POLICIES: dict[str, Callable[[], Any]] = {
+    "default": lambda: "measured",
+    "rewarm": lambda: warmopt.Measured(rewarm=True),
+}
+#: A run "blew up" when, after its loss had fallen below BLOWUP_LOW x the constant predictor's,
+#: it rose back above BLOWUP_HIGH x that loss.
+BLOWUP_LOW, BLOWUP_HIGH = 0.1, 0.5
 
 
 def oracle_lengths(steps: int) -> list[int]:
@@ -156,12 +169,13 @@ class _Schedule:
             self.after_step()
 
 
-def make_method(name: str, params: Any, lr: float) -> _Schedule:
+def make_method(name: str, params: Any, lr: float, policy: str = "default") -> _Schedule:
     betas = (0.9, 0.999)
     if name == "adam":
         return _Schedule(torch.optim.Adam(params, lr=lr, betas=betas), None)
     if name == "warmopt":
-        return _Schedule(warmopt.Adam(params, lr=lr, betas=betas), None)
+        warmup = WARMOPT_POLICIES[policy]()
+        return _Schedule(warmopt.Adam(params, lr=lr, betas=betas, warmup=warmup), None)
     if name == "radam":
         return _Schedule(torch.optim.RAdam(params, lr=lr, betas=betas), None)
     if name == "untuned_linear":
@@ -207,6 +221,7 @@ class Setting:
     kind: str
     batch: int
     jitter: bool = False
+    warmopt_policy: str = "default"
 
 
 def jitter_(model: torch.nn.Module, seed: int) -> None:
@@ -228,12 +243,15 @@ def train(name: str, lr: float, seed: int, setting: Setting) -> dict[str, Any]:
     model = make_model(seed, s.width)
     if s.jitter:
         jitter_(model, seed)
-    method = make_method(name, model.parameters(), lr)
+    params = list(model.parameters())
+    method = make_method(name, params, lr, s.warmopt_policy)
+    matrices = [i for i, p in enumerate(params) if p.dim() >= 2]
     gen = torch.Generator().manual_seed(1000 + seed)
     with torch.no_grad():
         loss0 = float(loss_fn(s.kind, model(data.x_train), data.y_train))
     curve: list[float] = []
     scales: list[float] = []  # warmopt's median per-tensor scale after each step
+    capped: list[float] = []  # and the largest scale of its weight matrices
     for _ in range(s.steps):
         if s.batch:
             idx = torch.randint(0, len(data.x_train), (s.batch,), generator=gen)
@@ -245,23 +263,44 @@ def train(name: str, lr: float, seed: int, setting: Setting) -> dict[str, Any]:
         method.step()
         curve.append(loss.item())
         if isinstance(method.opt, warmopt.WarmupOptimizer):  # a sync; fine in a benchmark
-            scales.append(float(torch.cat(method.opt.warmup_scale).median()))
+            per_tensor = torch.cat(method.opt.warmup_scale)
+            scales.append(float(per_tensor.median()))
+            capped.append(float(per_tensor[matrices].max()))
         if not math.isfinite(curve[-1]):
             break
     with torch.no_grad():
         final = float(loss_fn(s.kind, model(data.x_train), data.y_train))
         acc = float((model(data.x_val).argmax(1) == data.y_val).float().mean())
     failed = (not math.isfinite(final)) or final >= loss0
-    stall = (1 - STALL_MARGIN) * constant_loss(s.kind, data.y_train)
+    constant = constant_loss(s.kind, data.y_train)
+    stall = (1 - STALL_MARGIN) * constant
+    blowup = _blowup(curve, constant)
     return {
         "method": name, "lr": lr, "seed": seed, "loss0": loss0,
         "final_loss": final if not failed else loss0,
         "val_acc": acc if math.isfinite(final) else 0.0,
         "failed": failed, "stalled": (not failed) and final >= stall,
         "curve": curve, "cpu_seconds": time.process_time() - t0,
+        "blowup_step": blowup,
         **({"scale_first": scales[0], "warm_at": next(
-            (i + 1 for i, x in enumerate(scales) if x >= 1.0), None)} if scales else {}),
+            (i + 1 for i, x in enumerate(scales) if x >= 1.0), None),
+            # the largest matrix scale of the step that blew up (the one before the jump)
+            "blowup_scale": capped[blowup - 2] if blowup is not None and blowup >= 2 else None,
+            } if scales else {}),
     }  # fmt: skip
+
+
+def _blowup(curve: list[float], constant: float) -> int | None:
+    """The step (from 1) whose loss, computed before its update, is back above
+    ``BLOWUP_HIGH * constant`` after an earlier one fell below ``BLOWUP_LOW * constant``: the
+    update before it threw a network that had learned back to the level of one that learned
+    nothing. ``None`` if that never happens."""
+    low = False
+    for i, x in enumerate(curve):
+        if low and not x < BLOWUP_HIGH * constant:  # NaN counts as blown up
+            return i + 1
+        low = low or x < BLOWUP_LOW * constant
+    return None
 
 
 def _run_job(job: tuple[str, float, int, Setting]) -> dict[str, Any]:
@@ -614,11 +653,15 @@ def warmup_lengths(runs: list[dict[str, Any]], lrs: list[float]) -> list[dict[st
             continue
         ends = [r["warm_at"] for r in rs]
         done = sorted(e for e in ends if e is not None)
+        blown = [r for r in rs if r.get("blowup_step") is not None]
         out.append({
             "lr": lr, "scale_first": statistics.median(r["scale_first"] for r in rs),
             "warm_at_median": float(statistics.median(done)) if len(done) * 2 > len(ends)
             else None,
             "still_warming": len(ends) - len(done), "seeds": len(ends),
+            "blown_up": len(blown),
+            "blown_up_capped": sum(1 for r in blown if r["blowup_scale"] is not None
+                                   and r["blowup_scale"] < 1.0),
         })  # fmt: skip
     return out
 
@@ -633,8 +676,19 @@ def warmup_lines(rows: list[dict[str, Any]], steps: int) -> list[str]:
         late = f", {r['still_warming']} of {r['seeds']} seeds still warming" \
             if r["still_warming"] and r["warm_at_median"] is not None else ""  # fmt: skip
         cells.append(f"{r['lr']:g}: {r['scale_first']:.3f} -> {end}{late}")
-    return ["warmopt's warm-up at each lr (median over seeds of the median per-tensor scale: "
-            "after the first step -> the step it first reached 1): " + "; ".join(cells), ""]
+    lines = ["warmopt's warm-up at each lr (median over seeds of the median per-tensor scale: "
+             "after the first step -> the step it first reached 1): " + "; ".join(cells), ""]
+    blown = [r for r in rows if r.get("blown_up")]
+    if blown:
+        lines += [
+            f"warmopt's runs that blew up (the loss, after falling below {BLOWUP_LOW:g}x the "
+            f"constant predictor's, back above {BLOWUP_HIGH:g}x it): "
+            + "; ".join(f"{r['lr']:g}: {r['blown_up']} of {r['seeds']} seeds, "
+                        f"{r['blown_up_capped']} of them on a step where every weight matrix "
+                        "was still below scale 1" for r in blown),
+            "",
+        ]  # fmt: skip
+    return lines
 
 
 def against_lines(summary: dict[str, Any]) -> list[str]:
@@ -672,7 +726,10 @@ def report(
         "",
         *[f"* **{m}**: {METHOD_TEXT[m]}" for m in methods],
         "",
-        f"warmopt's default policy in this run: `{meta['warmopt_default_policy']}`.",
+        f"warmopt's default policy in this run: `{meta['warmopt_default_policy']}`."
+        + ("" if meta.get("warmopt_policy", "default") == "default" else
+           f" Here warmopt runs `--warmopt-policy {meta['warmopt_policy']}`: "
+           f"`{meta['warmopt_policy_repr']}`, not the default."),
         "",
         "## LR sensitivity",
         "",
@@ -757,6 +814,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--workers", type=int, default=2, help="worker processes, 1 thread each (default 2)"
     )
     ap.add_argument(
+        "--warmopt-policy",
+        choices=sorted(WARMOPT_POLICIES),
+        default="default",
+        help="warmopt's policy: its default, or 'rewarm' (the same cap without its running "
+        "maximum, so it holds on every step of the run; files demo_rewarm.*)",
+    )
+    ap.add_argument(
         "--jitter",
         action="store_true",
         help="change every initial weight by about one float32 rounding step (files demo_jitter.*):"
@@ -777,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     seeds, width = list(range(args.seeds)), 128
     if args.tiny:
         steps, lrs, width = 12, [1e-2, 1e-1], 32
-    setting = Setting(steps, width, kind, batch, args.jitter)
+    setting = Setting(steps, width, kind, batch, args.jitter, args.warmopt_policy)
     lengths = oracle_lengths(steps)
     runnable = [m for m in METHODS if m != "linear_oracle"] + [f"linear_{n}" for n in lengths]
     jobs = [(m, lr, s, setting) for lr in reversed(lrs) for s in seeds for m in runnable]
@@ -801,10 +865,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "tiny": args.tiny, "jitter": args.jitter, "constant_loss": constant,
         "loss0": float(grid.loss0.mean()),
         "warmopt_default_policy": _default_policy(),
+        "warmopt_policy": args.warmopt_policy,
+        "warmopt_policy_repr": repr(WARMOPT_POLICIES[args.warmopt_policy]()),
     }  # fmt: skip
     stem = "demo" if args.task == "mse" else f"demo_{args.task}"
-    plain = out / f"{stem}{'_tiny' if args.tiny else ''}.json"
-    stem += ("_jitter" if args.jitter else "") + ("_tiny" if args.tiny else "")
+    policy = "" if args.warmopt_policy == "default" else f"_{args.warmopt_policy}"
+    plain = out / f"{stem}{policy}{'_tiny' if args.tiny else ''}.json"
+    stem += policy + ("_jitter" if args.jitter else "") + ("_tiny" if args.tiny else "")
     if args.jitter and plain.exists():
         summary["against_plain"] = against_plain(json.loads(plain.read_text()), runs, summary)
     text = report(summary, meta, setting, lrs, METHODS)

@@ -96,6 +96,42 @@ def test_demo_jitter_run_compares_itself_with_the_plain_run(tmp_path: Path) -> N
     assert f"of {len(plain['runs'])} runs changed" in text
 
 
+@pytest.mark.parametrize(
+    "curve,expected",
+    [
+        ([1.0, 0.5, 0.2, 0.1], None),  # never below a tenth of the constant loss (1.0)
+        ([1.0, 0.05, 0.02, 0.01], None),  # trained, stayed down
+        ([1.0, 0.05, 0.4, 0.3], None),  # rose, but not back above half of it
+        ([1.0, 0.09, 0.02, 0.6, 0.9], 4),  # thrown back: step 4's loss (before its update)
+        ([1.0, 0.05, math.nan], 3),  # a NaN loss counts
+        ([0.6, 0.7, 0.8], None),  # never learned: a stall, not a blow-up
+    ],
+)
+def test_demo_blowup_is_a_return_to_the_constant_predictors_loss(
+    curve: list[float], expected: int | None
+) -> None:
+    from benchmarks import demo
+
+    assert demo._blowup(curve, constant=1.0) == expected
+
+
+def test_demo_rewarm_policy_run_is_labelled_and_filed_apart(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn", reason="the demo needs scikit-learn (pip install -e '.[bench]')")
+    pytest.importorskip("pytorch_warmup", reason="the demo needs pytorch-warmup ('.[bench]')")
+    from benchmarks import demo
+
+    got = demo.main(["--tiny", "--workers", "1", "--warmopt-policy", "rewarm", "--out",
+                     str(tmp_path)])  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"demo_rewarm_tiny{end}" for end in (".json", ".md", "_lr.png", "_curves.png")
+    )
+    assert got["meta"]["warmopt_policy"] == "rewarm"
+    assert "rewarm=True" in got["meta"]["warmopt_policy_repr"]
+    text = (tmp_path / "demo_rewarm_tiny.md").read_text()
+    assert "--warmopt-policy rewarm" in text and "not the default" in text
+    assert all("blowup_step" in r for r in got["runs"])
+
+
 def test_demo_default_folder_is_ignored_by_git() -> None:
     """Run from the repository root, the demo's default folder is in .gitignore."""
     from benchmarks import demo
