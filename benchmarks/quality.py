@@ -57,7 +57,7 @@ files keep final numbers, not curves).
 Writes ``quality{,_quick,_tiny}.{json,md}`` and the plots ``quality_lr*.png`` (final loss vs LR),
 ``quality_scale*.png`` (warmopt's scale over the steps at each LR of one task) and
 ``quality_curves*.png`` (loss curves at a high LR) into ``--out`` (default
-``benchmarks/results``).
+``benchmarks/results``); the last two only when the runs they draw were made in this run.
 """
 
 from __future__ import annotations
@@ -577,7 +577,8 @@ def make_plots(runs: list[dict[str, Any]], result: dict[str, Any], out: Path, su
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     h, lab = axes.flat[0].get_legend_handles_labels()
-    fig.legend(h, lab, loc="lower center", ncol=len(lab), fontsize=8)
+    if lab:  # none when only ablations ran (they are in the tables only)
+        fig.legend(h, lab, loc="lower center", ncol=len(lab), fontsize=8)
     fig.suptitle("Final training loss vs learning rate (mean over seeds, band = seed range, "
                  "x = a seed stalled)", fontsize=10)  # fmt: skip
     fig.tight_layout(rect=(0, 0.05, 1, 0.96))
@@ -609,6 +610,9 @@ def make_plots(runs: list[dict[str, Any]], result: dict[str, Any], out: Path, su
         fig.savefig(out / files[-1], dpi=100)
         plt.close(fig)
 
+    if not any(r["method"] in PLOTTED or r["method"].startswith("linear_") for r in runs
+               if "curve" in r):  # fmt: skip
+        return files  # no plotted method ran now (an ablation merged in): keep the curves plot
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         t = result["tasks"][name]

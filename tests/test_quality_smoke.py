@@ -121,6 +121,15 @@ def test_quality_runs_tiny_subset(tmp_path: Path) -> None:
         quality.main(["--quick", "--tasks", "digits_ce", "--methods", "none", "--merge",
                       str(first), "--out", str(tmp_path)])  # fmt: skip
 
+    # an ablation alone (drawn in no plot) merged in: the tables get it, the curves plot of
+    # the earlier run stays as it was
+    curves = (tmp_path / "quality_curves_tiny.png").read_bytes()
+    quality.main(["--tiny", "--tasks", "digits_ce", "--methods", "warmopt_rewarm", "--merge",
+                  str(tmp_path / "quality_tiny.json"), "--out", str(tmp_path), "--workers", "1"])
+    merged = json.loads((tmp_path / "quality_tiny.json").read_text())
+    assert set(merged["tasks"]["digits_ce"]["summary"]) == {"none", "warmopt", "warmopt_rewarm"}
+    assert (tmp_path / "quality_curves_tiny.png").read_bytes() == curves
+
 
 def test_gi_adam_initialises_second_moment_from_first_gradient() -> None:
     import torch
