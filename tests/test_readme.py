@@ -116,6 +116,26 @@ def test_robustness_table_matches_the_demo_results() -> None:
         assert f"> {sentence}" in table, sentence
 
 
+def test_demo_paragraph_matches_the_demo_results() -> None:
+    """The numbers of the paragraph below the demo's table: warmopt's blow-ups at the two highest
+    rates (demo.json) and the rewarm run's S, interval and 'stable up to' (demo_rewarm.json)."""
+    text = " ".join(_section("Results").split())
+    saved = json.loads((ROOT / "benchmarks/results/demo.json").read_text())
+    top = {r["lr"]: r for r in saved["summary"]["warmopt_warmup"]}
+    a, b = top[0.1], top[0.3]
+    n = len(saved["meta"]["seeds"])
+    assert a["seeds"] == b["seeds"] == n
+    assert f"There {a['blown_up']} and {b['blown_up']} of {n} warmopt runs blow up" in text
+    assert f"{a['blown_up_capped']} and {b['blown_up_capped']} of them on a step where" in text
+    rewarm = json.loads((ROOT / "benchmarks/results/demo_rewarm.json").read_text())
+    assert rewarm["meta"]["warmopt_policy"] == "rewarm"
+    r = rewarm["summary"]["methods"]["warmopt"]
+    lo, hi = r["S_interval"]
+    assert (f"gives it S = {r['S']:.3f} (95 % interval {lo:.3f} to {hi:.3f}), stable up to "
+            f"{r['stable_up_to']:g}") in text  # fmt: skip
+    assert rewarm["summary"]["best"] == "warmopt"  # "ahead of every method here"
+
+
 def test_step_cost_table_matches_the_step_cost_results() -> None:
     """Each README row's ratios are the medians in benchmarks/results/step_cost.md."""
     results: dict[tuple[str, str], list[str]] = {}
