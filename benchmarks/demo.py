@@ -931,6 +931,14 @@ def _plot(
     return files
 
 
+def _label(method: str, setting: Setting) -> str:
+    """A method's name in the plots: warmopt's says which policy it ran with when not its
+    default."""
+    if method == "warmopt" and setting.warmopt_policy != "default":
+        return f"warmopt ({setting.warmopt_policy})"
+    return method
+
+
 def _plot_lr(plt: Any, grid: Grid, summary: dict[str, Any], meta: dict[str, Any],
              setting: Setting, out: Path, stem: str) -> str:  # fmt: skip
     """Final loss and validation accuracy vs lr: the mean over seeds with a ± 2 s.e. band, every
@@ -961,7 +969,8 @@ def _plot_lr(plt: Any, grid: Grid, summary: dict[str, Any], meta: dict[str, Any]
                         ax.scatter(np.full(int(sel.sum()), x[i]), c[key][i][sel], marker=marker,
                                    s=size, color=col, alpha=0.5, lw=1, zorder=2)  # fmt: skip
         handles.append(
-            Line2D([], [], color=col, marker="o", lw=2, ms=5, label=f"{m} (S = {r['S']:.3f})")
+            Line2D([], [], color=col, marker="o", lw=2, ms=5,
+                   label=f"{_label(m, setting)} (S = {r['S']:.3f})")
         )
     constant = summary["constant_loss"]
     ax_l.axhline(constant, color="k", ls="--", lw=0.8)
@@ -1063,7 +1072,8 @@ def _plot_curves(plt: Any, runs: list[dict[str, Any]], grid: Grid, summary: dict
                     bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})  # fmt: skip
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=COLORS[m], lw=2, label=m) for m in METHODS[:-1]]
+    handles = [Line2D([], [], color=COLORS[m], lw=2, label=_label(m, setting))
+               for m in METHODS[:-1]]  # fmt: skip
     lens = ", ".join(f"{picks[lr].split('_')[1]} at {lr:g}" for lr in lrs)
     handles.append(Line2D([], [], color=COLORS["linear_oracle"], lw=2,
                           label=f"linear_oracle (warm-up steps: {lens})"))  # fmt: skip
