@@ -169,7 +169,10 @@ class Measured(WarmupPolicy):
       tensors that lead (at least two dimensions, non-zero), 1 if there are none.
     * **It never falls** (unless ``rewarm``): the running maximum makes the scale a ramp, so a
       stationary stream -- heavy-tailed or spiky gradients -- cannot lower it, and the warm-up
-      ends the first time every scale is 1; from then on the step is torch's own.
+      ends the first time every scale is 1; from then on the step is torch's own. The price: a
+      step that grows again (at a constant ``lr`` beyond Adam's stable range, late in the
+      warm-up) is not capped. ``rewarm=True`` keeps the cap on every step instead; its warm-up
+      then never ends, and neither does the cost of measuring.
     * **Pooled units take their largest step.** Under ``granularity="group"`` or ``"global"``
       a unit's :math:`\hat u_t` is the largest of its leading tensors', so its one scale keeps
       each of them under :math:`U`.
