@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 import warmopt
-from benchmarks._common import git_commit
+from benchmarks.harness import git_commit
 from benchmarks.quality import build_runner
 from benchmarks.quality_tasks import get_problem, task_specs
 

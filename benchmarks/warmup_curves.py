@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import warmopt
-from benchmarks._common import git_commit
+from benchmarks.harness import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THRESHOLDS = (0.5, 0.9, 1.0)
