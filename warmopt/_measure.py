@@ -138,43 +138,38 @@ class Layouts:
         n: int, dtype: torch.dtype, buffers: int, whole: int = 0,
     ) -> _Pass:  # fmt: skip
         """The layout of the pass over tensors ``picked`` (positions in the step, of ``n``)
-        measuring ``lengths`` coordinates each, with ``buffers`` work buffers of ``dtype``
-        (kept if they hold at most ``KEEP_FRACTION`` of the ``whole`` tensors' elements)."""
+        measuring ``lengths`` coordinates each, with ``buffers`` work buffers of ``dtype``, kept
+        by the rule of :meth:`_build`."""
         key = (device, home, tuple(picked), n, dtype, buffers)
         if key in self._passes and self._passes[key].lengths != lengths:
             del self._passes[key]  # the same tensors with other lengths (a new set of tensors)
-        got = self._cached(key)
-        if got is not None:
-            return got
-        laid = self._lay_out(device, home, picked, lengths, n)
-        self._keep_work(laid, dtype, device, buffers, whole)
-        return self._remember(self._passes, key, laid)  # type: ignore[no-any-return]
+        return self._build(key, device, home, picked, lengths, n, dtype, buffers, whole)
 
     def update_pass(
         self, device: torch.device, home: torch.device, picked: list[int], lengths: list[int],
-        n: int, dtype: torch.dtype = torch.float32, buffers: int = 0, whole: int = 0,
+        n: int, dtype: torch.dtype, buffers: int, whole: int,
     ) -> _Pass:  # fmt: skip
         """The layout (rows, pads, positions) of a pass of the relative-step measurement, with
-        ``buffers`` work buffers of ``dtype`` kept under the rule of :meth:`flat_pass`."""
+        ``buffers`` work buffers of ``dtype``, kept by the rule of :meth:`_build`."""
         key = ("update", device, home, tuple(picked), tuple(lengths), n, dtype, buffers)
+        return self._build(key, device, home, picked, lengths, n, dtype, buffers, whole)
+
+    def _build(
+        self, key: Any, device: torch.device, home: torch.device, picked: list[int],
+        lengths: list[int], n: int, dtype: torch.dtype, buffers: int, whole: int,
+    ) -> _Pass:  # fmt: skip
+        """The cached pass under ``key``, or a new one laid out and remembered. Its ``buffers``
+        work buffers are kept if they hold at most ``KEEP_FRACTION`` of the ``whole`` elements
+        the pass measures, or at most ``KEEP_BYTES``; otherwise they are made on every step."""
         got = self._cached(key)
         if got is not None:
             return got
         laid = self._lay_out(device, home, picked, lengths, n)
-        self._keep_work(laid, dtype, device, buffers, whole)
-        return self._remember(self._passes, key, laid)  # type: ignore[no-any-return]
-
-    @staticmethod
-    def _keep_work(
-        laid: _Pass, dtype: torch.dtype, device: torch.device, buffers: int, whole: int
-    ) -> None:
-        """Give ``laid`` ``buffers`` kept work buffers if they hold at most ``KEEP_FRACTION`` of
-        the ``whole`` elements the pass measures, or at most ``KEEP_BYTES``."""
         shape = (laid.rows.numel(), _stats.BLOCK)
         numel = buffers * shape[0] * shape[1]
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if buffers and (numel <= KEEP_FRACTION * whole or numel * itemsize <= KEEP_BYTES):
+        if buffers and (numel <= KEEP_FRACTION * whole or numel * dtype.itemsize <= KEEP_BYTES):
             laid.work = [torch.empty(shape, dtype=dtype, device=device) for _ in range(buffers)]
+        return self._remember(self._passes, key, laid)  # type: ignore[no-any-return]
 
     def _cached(self, key: Any) -> _Pass | None:
         got = self._passes.get(key)
