@@ -67,7 +67,9 @@ def test_tiny_run_writes_complete_results(tmp_path: Path) -> None:
             assert not row["same_ops_as_torch"] and row["extra_ops"] > 0
 
     assert written["memory"] and all(MEMORY_KEYS <= set(r) for r in written["memory"])
-    assert all(r["kept_bytes"] >= 0 for r in written["memory"])
+    # the measure stage keeps its buffers while warming (tiny layouts: under 16 MiB), and only then
+    for r in written["memory"]:
+        assert (r["kept_bytes"] > 0) == (r["variant"] in ("warming", "sampled")), r
     stages = written["stages"]  # Adam foreach and fused on every layout, warming throughout
     assert {(r["layout"], r["mode"]) for r in stages} == {
         (lay, m) for lay in written["layouts"] for m in ("foreach", "fused")
