@@ -34,6 +34,22 @@ choose a constant, a default or a design; results on them are reported separatel
 * ``code_lstm_rmsprop``  a character LSTM on other standard-library source (``typing``,
                          ``inspect``), RMSprop.
 
+Fresh held-out tasks (``split="fresh"``): added when the default policy changed from the ramp
+(a running maximum) to the watched cap, and fixed -- data, model, optimizer, schedule, grid,
+steps, seeds -- before any method was run on them. The choice between the two designs was made
+on the tuning tasks and the demo, after the held-out results above had been seen for both; these
+tasks are the check that was not. Two of them keep the learning rate constant (no decay), the
+regime of the demo:
+
+* ``wine_mlp_const``     scikit-learn's bundled wine table (``load_wine``, 178 x 13), standardised,
+                         an MLP 13-64-64-3, cross-entropy, full batch, constant lr (Adam).
+* ``diabetes_mlp``       scikit-learn's bundled diabetes regression (``load_diabetes``, 442 x 10),
+                         inputs and target standardised, an MLP 10-64-64-1, squared error,
+                         mini-batches of 32, cosine decay (Adam).
+* ``code_tf_const``      a character-level pre-LN Transformer on standard-library source not used
+                         elsewhere (``argparse``, ``calendar``, ``csv``), constant lr (AdamW,
+                         weight decay 0.1, beta2 0.98).
+
 A *problem* (built once per worker process and cached) knows how to make the model for a seed,
 the batch plan for a seed (drawn up front from its own generator, so every method sees the same
 batches in the same order) and how to evaluate the training and validation loss on fixed data.
@@ -69,6 +85,8 @@ class TaskSpec:
         split: ``"tuning"`` (constants and designs may be chosen on it) or ``"heldout"``
             (never looked at before a design is frozen; see the module docstring).
         weight_decay: AdamW's decoupled weight decay (``optimizer="adamw"`` only).
+        schedule: ``"cosine"`` (the shared decay) or ``"constant"`` (none: the lr as given,
+            times each method's warm-up).
     """
 
     name: str
@@ -81,6 +99,7 @@ class TaskSpec:
     size: dict[str, int] = field(default_factory=dict)
     split: str = "tuning"
     weight_decay: float = 0.0
+    schedule: str = "cosine"
 
     @property
     def problem_key(self) -> tuple[Any, ...]:
@@ -198,7 +217,65 @@ def task_specs(mode: str) -> list[TaskSpec]:
         )
     )
     specs += _heldout_specs(steps, lengths, grid, tiny)
+    specs += _fresh_specs(steps, lengths, grid, tiny)
     return specs
+
+
+def _fresh_specs(
+    steps: Callable[[int], int],
+    lengths: Callable[[int], tuple[int, ...]],
+    grid: Callable[[float, float], tuple[float, ...]],
+    tiny: bool,
+) -> list[TaskSpec]:
+    """The fresh held-out tasks (see the module docstring): fixed before their first run."""
+    n = steps(300)
+    out = [
+        TaskSpec(
+            "wine_mlp_const",
+            "wine MLP 13-64-64-3, cross-entropy, full batch, constant lr (Adam)",
+            "adam",
+            0.999,
+            grid(-3, -0.5),
+            n,
+            lengths(n),
+            {"width": 16 if tiny else 64},
+            split="fresh",
+            schedule="constant",
+        ),
+        TaskSpec(
+            "diabetes_mlp",
+            "diabetes regression MLP 10-64-64-1, MSE, batch 32 (Adam)",
+            "adam",
+            0.999,
+            grid(-3, -0.5),
+            n,
+            lengths(n),
+            {"width": 16 if tiny else 64, "batch": 32},
+            split="fresh",
+        ),
+    ]
+    lm = (
+        {"d_model": 16, "layers": 1, "heads": 2, "ff": 32, "ctx": 16, "batch": 4}
+        if tiny
+        else {"d_model": 64, "layers": 2, "heads": 4, "ff": 256, "ctx": 32, "batch": 16}
+    )
+    n = steps(250)
+    out.append(
+        TaskSpec(
+            "code_tf_const",
+            "char LM on Python source, pre-LN Transformer, constant lr (AdamW wd 0.1, beta2 0.98)",
+            "adamw",
+            0.98,
+            grid(-3, -1),
+            n,
+            lengths(n),
+            {**lm, "arch": 1},
+            split="fresh",
+            weight_decay=0.1,
+            schedule="constant",
+        )
+    )
+    return out
 
 
 def _heldout_specs(
@@ -302,6 +379,7 @@ HELDOUT_TASKS = (
     "code_tf_b999",
     "code_lstm_rmsprop",
 )
+FRESH_TASKS = ("wine_mlp_const", "diabetes_mlp", "code_tf_const")
 
 
 # --------------------------------------------------------------------------- problems
@@ -628,6 +706,78 @@ class CancerProblem(Problem):
         return _entropy(self.y_train, 2)
 
 
+class TableProblem(Problem):
+    """A bundled scikit-learn table, standardised on the training split (80/20, fixed
+    permutation), through an MLP d-w-w-k with ReLU: cross-entropy for a classification table,
+    squared error on a standardised target for a regression one; ``batch=0`` means full batch."""
+
+    def __init__(self, name: str, width: int, batch: int) -> None:
+        from sklearn import datasets
+
+        x, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+        x = torch.tensor(x, dtype=torch.float32)
+        self.regression = name == "diabetes"
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        cut = int(0.8 * len(x))
+        tr, va = perm[:cut], perm[cut:]
+        mu, sd = x[tr].mean(0), x[tr].std(0)
+        self.x_train, self.x_val = (x[tr] - mu) / sd, (x[va] - mu) / sd
+        if self.regression:
+            t = torch.tensor(y, dtype=torch.float32)
+            t = (t - t[tr].mean()) / t[tr].std()
+            self.y_train, self.y_val = t[tr], t[va]
+            self.classes = 1
+        else:
+            labels = torch.tensor(y, dtype=torch.long)
+            self.y_train, self.y_val = labels[tr], labels[va]
+            self.classes = int(labels.max()) + 1
+        self.width, self.batch = width, batch
+
+    def make_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        w, d = self.width, self.x_train.shape[1]
+        return nn.Sequential(
+            nn.Linear(d, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, self.classes)
+        )
+
+    def plan(self, seed: int, steps: int) -> Any:
+        if not self.batch:
+            return None
+        gen = torch.Generator().manual_seed(1000 + seed)
+        return torch.randint(0, len(self.x_train), (steps, self.batch), generator=gen)
+
+    def _loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.regression:
+            return F.mse_loss(model(x).squeeze(1), y)
+        return F.cross_entropy(model(x), y)
+
+    def loss(self, model: nn.Module, plan: Any, step: int) -> torch.Tensor:
+        if plan is None:
+            return self._loss(model, self.x_train, self.y_train)
+        idx = plan[step]
+        return self._loss(model, self.x_train[idx], self.y_train[idx])
+
+    @torch.no_grad()
+    def train_loss(self, model: nn.Module) -> float:
+        return float(self._loss(model, self.x_train, self.y_train))
+
+    @torch.no_grad()
+    def val_loss(self, model: nn.Module) -> float:
+        return float(self._loss(model, self.x_val, self.y_val))
+
+    @torch.no_grad()
+    def extra(self, model: nn.Module) -> dict[str, float]:
+        if self.regression:
+            return {}
+        acc = (model(self.x_val).argmax(1) == self.y_val).float().mean()
+        return {"val_acc": float(acc)}
+
+    def constant_loss(self) -> float:
+        if self.regression:  # the training mean predicts a standardised target with MSE 1
+            return float(self.y_train.var(unbiased=False))
+        return _entropy(self.y_train, self.classes)
+
+
 class AutoencoderProblem(Problem):
     """Digits images (the demo's split) through 64-w-code-w-64 with ReLU and a sigmoid output;
     squared reconstruction error summed over the 64 pixels, averaged over images."""
@@ -689,6 +839,19 @@ def load_code() -> tuple[str, str]:
         return "\n".join(parts)
 
     return read(difflib, dataclasses, textwrap, pprint), read(typing, inspect)
+
+
+def load_fresh_code() -> str:
+    """Standard-library source used by no other task (for ``code_tf_const``)."""
+    import argparse
+    import calendar
+    import csv
+
+    parts = []
+    for m in (argparse, calendar, csv):
+        with open(m.__file__, encoding="utf-8") as f:  # type: ignore[arg-type]
+            parts.append(f.read())
+    return "\n".join(parts)
 
 
 class CharLSTM(nn.Module):
@@ -757,6 +920,19 @@ def get_problem(spec: TaskSpec) -> Problem:
                 )  # fmt: skip
 
             prob = CharProblem(factory, s["ctx"], s["batch"], text=load_code()[0])
+        elif spec.name == "wine_mlp_const":
+            prob = TableProblem("wine", s["width"], 0)
+        elif spec.name == "diabetes_mlp":
+            prob = TableProblem("diabetes", s["width"], s["batch"])
+        elif spec.name == "code_tf_const":
+
+            def factory(vocab: int, s: dict[str, int] = s) -> nn.Module:
+                return CharTransformer(
+                    vocab, s["d_model"], s["layers"], s["heads"], s["ff"], s["ctx"],
+                    pre_ln=True, final_norm=True,
+                )  # fmt: skip
+
+            prob = CharProblem(factory, s["ctx"], s["batch"], text=load_fresh_code())
         elif spec.name == "code_lstm_rmsprop":
 
             def factory(vocab: int, s: dict[str, int] = s) -> nn.Module:

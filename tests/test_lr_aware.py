@@ -162,3 +162,97 @@ def test_a_nan_gradient_measures_nothing(rewarm: bool) -> None:
     assert s[0] == float(before["warmup_cap"])
     assert s[2] == s[1]  # the bias follows the only matrix measured
     assert int(torch.isnan(a.detach()).sum()) == 1  # torch's own poisoning, one coordinate
+
+
+def _measured_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record which ``step()`` calls measure the relative step (a spy on the measure stage)."""
+    import warmopt.optimizer as stages
+
+    calls: list[int] = []
+    real = stages.measure_update
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stages, "measure_update", spy)
+    return calls
+
+
+def test_a_rewarming_policy_watches_at_doubling_intervals_once_every_scale_is_1(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Scale 1 from the first step: measured steps 1, 3, 7, 15, 31, then every 16th; the steps
+    between are torch's own, bit for bit."""
+    calls = _measured_steps(monkeypatch)
+    w = _matrix()
+    twin = torch.nn.Parameter(w.detach().clone())
+    opt = warmopt.Adam([w], lr=1e-4, warmup=warmopt.Measured(rewarm=True, watch_every=16))
+    ref = torch.optim.Adam([twin], lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    measured = []
+    for k in range(1, 80):
+        w.grad = torch.randn(w.shape, generator=gen)
+        twin.grad = w.grad.clone()
+        before = len(calls)
+        opt.step()
+        ref.step()
+        if len(calls) > before:
+            measured.append(k)
+        assert torch.equal(w, twin), k
+    assert measured == [1, 3, 7, 15, 31, 47, 63, 79]
+    assert _scales(opt) == [1.0]
+
+
+def test_a_watched_step_that_grows_brings_back_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the scale reached 1, a learning rate raised far enough makes the next measured step
+    find the step too large: the scale falls below 1 and every step is measured again."""
+    calls = _measured_steps(monkeypatch)
+    w = _matrix()
+    opt = warmopt.Adam([w], lr=1e-4, warmup=warmopt.Measured(rewarm=True, watch_every=8))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        w.grad = torch.randn(w.shape, generator=gen)
+        opt.step()
+    assert _scales(opt) == [1.0]
+    opt.param_groups[0]["lr"] = 1.0
+    trace, measured = [], []
+    for _ in range(12):
+        w.grad = torch.randn(w.shape, generator=gen)
+        before = len(calls)
+        opt.step()
+        measured.append(len(calls) > before)
+        trace.append(_scales(opt)[0])
+    first = measured.index(True)
+    assert first < 8  # the next measured step comes within watch_every steps
+    assert trace[first] < 1.0
+    assert all(measured[first:]), measured  # and from then on every step is measured
+    assert all(s < 1.0 for s in trace[first:])
+
+
+def test_watch_every_1_measures_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _measured_steps(monkeypatch)
+    w = _matrix()
+    opt = warmopt.Adam([w], lr=1e-4, warmup=warmopt.Measured(rewarm=True, watch_every=1))
+    for _ in range(20):
+        w.grad = torch.randn_like(w)
+        opt.step()
+    assert len(calls) == 20
+
+
+def test_the_ramp_stops_measuring_once_every_scale_is_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _measured_steps(monkeypatch)
+    w = _matrix()
+    opt = warmopt.Adam([w], lr=1e-4, warmup=warmopt.Measured(rewarm=False))
+    for _ in range(20):
+        w.grad = torch.randn_like(w)
+        opt.step()
+    assert len(calls) == 1 and opt._warmup_done
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(0, ValueError), (-3, ValueError), (True, TypeError), (2.0, TypeError)]
+)
+def test_bad_watch_every_names_the_argument(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="watch_every"):
+        warmopt.Measured(watch_every=value)  # type: ignore[arg-type]

@@ -16,6 +16,8 @@ V1 = {"max_update": None, "confidence": True, "drift": True}
 POLICIES = [
     warmopt.Measured(),
     warmopt.Measured(rewarm=True),
+    warmopt.Measured(rewarm=False),
+    warmopt.Measured(rewarm=True, max_update=10.0, watch_every=4),  # watches from step 1
     warmopt.Measured(max_update=0.002),  # the cap binds at these rates
     warmopt.Measured(max_update=0.002, sample=7),  # measured on the first 7 coordinates
     warmopt.Measured(max_update=0.002, follow_vectors=False),

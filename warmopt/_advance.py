@@ -64,7 +64,7 @@ def advance(
     if found_inf is not None:
         skipped = found_inf.to(warming.home, torch.float32, non_blocking=True) > 0
     scale = warming.store(new, skipped)
-    if not policy.spec.can_fall:
+    if not policy.spec.can_fall or policy.spec.watch > 1:
         done = (scale >= 1.0).all()
         if warming.paused is not None:  # a tensor without a gradient now is not done for it
             done = done & (warming.paused >= 1.0).all()

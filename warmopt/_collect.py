@@ -51,6 +51,10 @@ class Book:
     done_flag: HostCopy = field(default_factory=HostCopy)
     #: warming ``step()`` calls so far (the stagger of ``measure_every`` counts them)
     calls: int = 0
+    #: a policy that can fall, once every scale is 1 (``MeasurementSpec.watch``): the spacing
+    #: of its measured steps, and the calls left until the next one
+    interval: int = 1
+    gap: int = 0
     flat: _FlatState | None = None
     #: the step count of each windowed tensor whose ``state['step']`` the host cannot read
     #: (fused or capturable on an accelerator), as the host knows it: counted up every step,
@@ -65,6 +69,7 @@ class Book:
     def reset(self) -> None:
         """Forget everything (a loaded checkpoint, new state): the next step looks again."""
         self.done, self.done_state_count, self.calls, self.flat = False, -1, 0, None
+        self.interval, self.gap = 1, 0
         self.done_flag.reset()
         self.steps.clear()
         self.steps_copy.reset()
@@ -242,6 +247,8 @@ def _warming(
         # Nothing got state since warm-up finished (a parameter's first gradient, a loaded
         # checkpoint, an added group would): skip even the host-side walk over the tensors.
         return None
+    if policy.spec.watch > 1 and _watch_idle(book, policy.spec.watch, len(opt.state)):
+        return None
     params = [p for b in batches for p in b.params]
     states = [opt.state[p] for p in params]
     fresh = [i for i, st in enumerate(states) if names[0] not in st]
@@ -254,6 +261,7 @@ def _warming(
                 )
         book.done = False
         book.done_flag.reset()
+        book.interval, book.gap = 1, 0
     elif not book.done and not policy.spec.can_fall:
         book.done = bool(book.done_flag.poll())
     if book.done:
@@ -296,6 +304,33 @@ def _warming(
     if stacked.device.type == "cpu":
         warming._steps_cpu = stacked  # the step counts before this step, gathered on the CPU
     return warming
+
+
+def _watch_idle(book: Book, watch: int, n_state: int) -> bool:
+    """Whether this call of a policy that can fall is one of the unmeasured steps between two
+    measured ones (see ``MeasurementSpec.watch``); reads the last measured step's "every scale
+    is 1" once it has reached the host (an event query on an accelerator, never a wait)."""
+    if n_state != book.done_state_count:  # a tensor got state: measure, every step
+        book.interval, book.gap = 1, 0
+        book.done_state_count = n_state
+        book.done_flag.reset()
+        return False
+    if book.gap > 0:
+        book.gap -= 1
+        return True
+    flag = book.done_flag.poll()
+    if flag is None:  # nothing measured yet, or its answer still on the way: measure
+        return False
+    book.done_flag.reset()
+    if not flag:
+        book.interval = 1
+        return False
+    book.interval = min(2 * book.interval, watch)
+    book.gap = book.interval - 1
+    if book.gap > 0:
+        book.gap -= 1
+        return True
+    return False
 
 
 def _flat_state(

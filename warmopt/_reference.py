@@ -53,6 +53,9 @@ class ReferenceOptimizer:
         self.scales: dict[int, float] = {}
         self.calls = 0
         self.done = False
+        # a policy that can fall, once every scale is 1: measured steps 1, 2, 4, ... apart (at
+        # most spec.watch), torch's own step between them
+        self.interval, self.gap = 1, 0
 
     # -- policy, one tensor, plain floats
     def _policy(self, st: dict[str, Any], t: float, beta: float, r: Tensor | None) -> float:
@@ -170,6 +173,12 @@ class ReferenceOptimizer:
             self._plain_step()
             return
         self.done = False
+        if new_tensor:
+            self.interval, self.gap = 1, 0
+        elif self.gap > 0:
+            self.gap -= 1
+            self._plain_step()
+            return
         every = self.policy.spec.every
         calls = self.calls
         self.calls += 1
@@ -241,8 +250,12 @@ class ReferenceOptimizer:
             scale = self._policy(st, t, beta, r)
             self.scales[i] = scale
             self._torch_step(p, g, st, float(h.get("lr", 1e-3)) * scale)
-        if not self.policy.spec.can_fall and all(v >= 1.0 for v in self.scales.values()):
+        at_one = all(v >= 1.0 for v in self.scales.values())
+        if not self.policy.spec.can_fall and at_one:
             self.done = True
+        elif self.policy.spec.watch > 1:
+            self.interval = min(2 * self.interval, self.policy.spec.watch) if at_one else 1
+            self.gap = self.interval - 1
 
     def _plain_step(self) -> None:
         """torch's single-tensor step at the full lr for every tensor with a gradient."""

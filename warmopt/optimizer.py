@@ -182,8 +182,9 @@ class WarmupOptimizer(Optimizer):
 
     @property
     def _warmup_done(self) -> bool:
-        """Whether the host knows the warm-up is over (the step is then torch's own)."""
-        return self._book.done
+        """Whether the host knows the warm-up is over: the step is torch's own, or (a policy that
+        can fall) every scale was 1 on the last measured step and it now watches."""
+        return self._book.done or self._book.interval > 1
 
     def __repr__(self) -> str:
         """torch's ``Optimizer.__repr__`` (class name and every param group), with two more

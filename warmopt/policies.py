@@ -67,6 +67,10 @@ class MeasurementSpec:
             of two or more dimensions lead, and the policy decides what the others do).
         buffers: window-sized state the measure stage keeps under ``warmup_<name>`` (kept when
             a checkpoint is loaded).
+        watch: for a policy that can fall, the longest spacing of measured steps once every
+            scale is 1: the spacing doubles (1, 2, 4, ...) up to ``watch`` while every measured
+            step finds every scale at 1, the steps between are torch's own, and a measured scale
+            below 1 brings back every step (1: measure every step).
     """
 
     statistics: bool = False
@@ -80,6 +84,7 @@ class MeasurementSpec:
     update_window: int | None = None
     vectors_lead: bool = False
     buffers: tuple[str, ...] = ()
+    watch: int = 1
 
 
 class WarmupPolicy:
@@ -253,11 +258,12 @@ class Measured(WarmupPolicy):
     confidence: bool = False
     drift: bool = False
     tol: float = 0.1
-    rewarm: bool = False
+    rewarm: bool = True
     kurtosis: bool = True
     prior_kurtosis: float = 32.0
     measure_every: int = 1
     sample: int | None = 4096
+    watch_every: int = 16
 
     name: ClassVar[str] = "measured"
     needs_statistics: ClassVar[bool] = True
@@ -295,11 +301,12 @@ class Measured(WarmupPolicy):
             isinstance(u, (int, float)) and math.isfinite(u) and u > 0
         ):
             raise ValueError(f"Invalid max_update value: {u} (must be a finite float > 0, or None)")
-        every = self.measure_every
-        if isinstance(every, bool) or not isinstance(every, int):
-            raise TypeError(f"measure_every must be an int, got {type(every).__name__}")
-        if every < 1:
-            raise ValueError(f"Invalid measure_every value: {every} (must be >= 1)")
+        for arg in ("measure_every", "watch_every"):
+            every = getattr(self, arg)
+            if isinstance(every, bool) or not isinstance(every, int):
+                raise TypeError(f"{arg} must be an int, got {type(every).__name__}")
+            if every < 1:
+                raise ValueError(f"Invalid {arg} value: {every} (must be >= 1)")
         size = self.sample
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int):
@@ -333,6 +340,8 @@ class Measured(WarmupPolicy):
             update_window=self.sample,
             vectors_lead=not self.follow_vectors,
             buffers=("grad_avg",) if capped else (),
+            # the fresh ratio's sweeping windows and running sums need every step
+            watch=self.watch_every if self.rewarm and not self._fresh else 1,
         )
 
     #: how each number pools under granularity "group"/"global": the most cautious cap, the
