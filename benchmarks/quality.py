@@ -762,8 +762,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"tasks": {}, "notes": [
         "pytorch_warmup's untuned classes raise KeyError on RMSprop (they read group['betas']); "
         "the RMSprop tasks use LinearWarmup / ExponentialWarmup with the same rules on alpha.",
-        "Schedule-free AdamW runs at constant LR (it replaces the schedule); every other method "
-        "has the shared cosine decay, except on the tasks whose schedule is constant."]}  # fmt: skip
+        "Schedule-free AdamW runs at constant LR (it replaces the schedule); every other "
+        "method has the shared cosine decay, except on the tasks whose schedule is "
+        "constant."]}  # fmt: skip
     for spec in specs:
         mine = [r for r in runs if r["task"] == spec.name]
         result["tasks"][spec.name] = summarize_task(spec, mine, _ran(mine) if merged_from else only)
