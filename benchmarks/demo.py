@@ -45,7 +45,7 @@ Usage::
     python -m benchmarks.demo --reference     # rewrite the committed benchmarks/results/demo.*
     python -m benchmarks.demo --seeds 4       # faster, with a wider spread
     python -m benchmarks.demo --jitter        # a change of machine, simulated (demo_jitter.*)
-    python -m benchmarks.demo --warmopt-policy rewarm  # the cap on every step (demo_rewarm.*)
+    python -m benchmarks.demo --warmopt-policy ramp    # the earlier default (demo_ramp.*)
     python -m benchmarks.demo --task ce       # the mini-batch cross-entropy variant
     python -m benchmarks.demo --tiny          # seconds: the smoke test's setting
 
@@ -104,11 +104,12 @@ STALL_MARGIN = 0.02
 SEEDS = 12
 #: Bootstrap resamples of the seeds for the intervals of S and of the differences in S.
 BOOTSTRAP = 2000
-#: warmopt's policy in a run (``--warmopt-policy``): the default, or the same cap without its
-#: running maximum (it then holds on every step of the run: a guard, not a warm-up).
+#: warmopt's policy in a run (``--warmopt-policy``): the default, or the ramp, the earlier
+#: default (the same cap with a running maximum: the scale only rises, and the warm-up ends the
+#: first time every scale is 1).
 WARMOPT_POLICIES: dict[str, Callable[[], Any]] = {
     "default": lambda: "measured",
-    "rewarm": lambda: warmopt.Measured(rewarm=True),
+    "ramp": lambda: warmopt.Measured(rewarm=False),
 }
 #: A run "blew up" when, after its loss had fallen below BLOWUP_LOW x the constant predictor's,
 #: it rose back above BLOWUP_HIGH x that loss.
@@ -817,8 +818,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--warmopt-policy",
         choices=sorted(WARMOPT_POLICIES),
         default="default",
-        help="warmopt's policy: its default, or 'rewarm' (the same cap without its running "
-        "maximum, so it holds on every step of the run; files demo_rewarm.*)",
+        help="warmopt's policy: its default, or 'ramp' (the earlier default: the same cap with "
+        "a running maximum, so the warm-up ends the first time every scale is 1; files "
+        "demo_ramp.*)",
     )
     ap.add_argument(
         "--jitter",

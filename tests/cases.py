@@ -104,9 +104,10 @@ def feed(
             ps[i].grad = None if skip else g.to(ps[i].dtype).clone()
 
 
-#: the previous default policy's settings: the precision confidence and the lag factor, no cap
-#: on the relative step (``Measured(**V1)``); tests of that policy's math are pinned to them
-V1 = {"max_update": None, "confidence": True, "drift": True}
+#: the first default policy's settings: the precision confidence and the lag factor, no cap
+#: on the relative step, a running maximum (``Measured(**V1)``); tests of that policy's math are
+#: pinned to them
+V1 = {"max_update": None, "confidence": True, "drift": True, "rewarm": False}
 
 
 def v1(**kwargs: Any) -> warmopt.Measured:

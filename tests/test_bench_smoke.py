@@ -115,20 +115,20 @@ def test_demo_blowup_is_a_return_to_the_constant_predictors_loss(
     assert demo._blowup(curve, constant=1.0) == expected
 
 
-def test_demo_rewarm_policy_run_is_labelled_and_filed_apart(tmp_path: Path) -> None:
+def test_demo_ramp_policy_run_is_labelled_and_filed_apart(tmp_path: Path) -> None:
     pytest.importorskip("sklearn", reason="the demo needs scikit-learn (pip install -e '.[bench]')")
     pytest.importorskip("pytorch_warmup", reason="the demo needs pytorch-warmup ('.[bench]')")
     from benchmarks import demo
 
-    got = demo.main(["--tiny", "--workers", "1", "--warmopt-policy", "rewarm", "--out",
+    got = demo.main(["--tiny", "--workers", "1", "--warmopt-policy", "ramp", "--out",
                      str(tmp_path)])  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"demo_rewarm_tiny{end}" for end in (".json", ".md", "_lr.png", "_curves.png")
+        f"demo_ramp_tiny{end}" for end in (".json", ".md", "_lr.png", "_curves.png")
     )
-    assert got["meta"]["warmopt_policy"] == "rewarm"
-    assert "rewarm=True" in got["meta"]["warmopt_policy_repr"]
-    text = (tmp_path / "demo_rewarm_tiny.md").read_text()
-    assert "--warmopt-policy rewarm" in text and "not the default" in text
+    assert got["meta"]["warmopt_policy"] == "ramp"
+    assert "rewarm=False" in got["meta"]["warmopt_policy_repr"]
+    text = (tmp_path / "demo_ramp_tiny.md").read_text()
+    assert "--warmopt-policy ramp" in text and "not the default" in text
     assert all("blowup_step" in r for r in got["runs"])
 
 

@@ -11,8 +11,8 @@ from warmopt._reference import ReferenceOptimizer
 
 from .cases import CASE_MODES, MODES, Case, feed, twins
 
-#: the previous default: precision confidence and lag factor, no cap on the relative step
-V1 = {"max_update": None, "confidence": True, "drift": True}
+#: the first default: precision confidence and lag factor, no cap on the relative step
+V1 = {"max_update": None, "confidence": True, "drift": True, "rewarm": False}
 POLICIES = [
     warmopt.Measured(),
     warmopt.Measured(rewarm=True),
@@ -23,7 +23,7 @@ POLICIES = [
     warmopt.Measured(max_update=0.002, follow_vectors=False),
     warmopt.Measured(max_update=0.002, confidence=True, drift=True, prior_kurtosis=4.0),
     warmopt.Measured(**V1),
-    warmopt.Measured(**V1, rewarm=True),
+    warmopt.Measured(**{**V1, "rewarm": True}),
     warmopt.Measured(max_update=None, confidence=True, tol=0.03),
     warmopt.Measured(**V1, measure_every=3, prior_kurtosis=4.0),
     warmopt.Measured(**V1, sample=7, measure_every=2, prior_kurtosis=4.0),

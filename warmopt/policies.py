@@ -142,22 +142,23 @@ class WarmupPolicy:
 
 @dataclass(frozen=True)
 class Measured(WarmupPolicy):
-    r"""The default: hold each tensor's step to ``max_update`` of its size until it is safe.
+    r"""The default: hold each tensor's step to ``max_update`` of its size while it is too large.
 
-    Before each update the optimizer measures, per parameter tensor, the step torch is about to
-    apply at the group's full learning rate, relative to the tensor (on its first ``sample``
-    coordinates, see :func:`warmopt._measure.measure_update`):
+    Before each measured update the optimizer measures, per parameter tensor, the step torch is
+    about to apply at the group's full learning rate, relative to the tensor (on its first
+    ``sample`` coordinates, see :func:`warmopt._measure.measure_update`):
 
     .. math::
         \hat u_t = \frac{\lVert \mathrm{lr}\cdot d_t \rVert}{\lVert p_{t-1} \rVert},\qquad
-        c_t = \min\Bigl(1,\ \frac{U}{\hat u_t}\Bigr),\qquad s_t = \max(s_{t-1},\ c_t),
+        c_t = \min\Bigl(1,\ \frac{U}{\hat u_t}\Bigr),\qquad
+        s_t = c_t\ \ (\texttt{rewarm}),\quad s_t = \max(s_{t-1},\ c_t)\ \ (\text{the ramp}),
 
     with :math:`d_t = \hat m_t/(\sqrt{\hat v_t} + \epsilon)` for Adam/AdamW (this step's moments,
     ``amsgrad``, ``maximize``, coupled decay and a GradScaler's scale as torch applies them) and
     :math:`d_t = \bar g_t/(\sqrt{v_t} + \epsilon)` for RMSprop (torch's own denominator, without
     bias correction, so its 10x first step is measured as it is; :math:`\bar g_t` the average of
-    the gradients at rate 0.9, or the momentum buffer with ``momentum > 0``: the part of the
-    step that keeps its direction). :math:`U` = ``max_update``.
+    the gradients at rate 0.9 over the measured steps, or the momentum buffer with
+    ``momentum > 0``: the part of the step that keeps its direction). :math:`U` = ``max_update``.
 
     * **It knows the learning rate.** :math:`\hat u_t \propto \mathrm{lr}`: where the full step
       is already smaller than :math:`U` the scale is 1 from the first step (no step is lost);
@@ -172,24 +173,32 @@ class Measured(WarmupPolicy):
       have no size to measure a step against (a bias that starts at 0 would read every step as
       a 100 % change); with ``follow_vectors`` (default) they take the median :math:`c_t` of the
       tensors that lead (at least two dimensions, non-zero), 1 if there are none.
-    * **It never falls** (unless ``rewarm``): the running maximum makes the scale a ramp, so a
-      stationary stream -- heavy-tailed or spiky gradients -- cannot lower it, and the warm-up
-      ends the first time every scale is 1; from then on the step is torch's own. The price: a
-      step that grows again (at a constant ``lr`` beyond Adam's stable range, late in the
-      warm-up) is not capped. ``rewarm=True`` keeps the cap on every step instead; its warm-up
-      then never ends, and neither does the cost of measuring.
+    * **The cap holds whenever the step is too large** (``rewarm=True``, the default): the
+      scale is this step's :math:`c_t`, so a step that grows again -- late in a warm-up at a
+      constant ``lr`` beyond Adam's stable range, or after a burst of large gradients -- is
+      capped again. Once every scale is 1 the optimizer *watches*: it measures at doubling
+      intervals (1, 2, 4, ... steps apart, at most ``watch_every``), the steps between are
+      torch's own, and a measured scale below 1 brings back every step. A stationary stream
+      whose steps stay below :math:`U` is never capped; one whose steps do not is capped at
+      :math:`U` on each of them.
+    * **The ramp** (``rewarm=False``): the running maximum makes the scale rise only, and the
+      warm-up ends the first time every scale is 1; from then on the step is torch's own and
+      nothing is measured. The price: a step that grows again is not capped.
     * **Pooled units take their largest step.** Under ``granularity="group"`` or ``"global"``
       a unit's :math:`\hat u_t` is the largest of its leading tensors', so its one scale keeps
       each of them under :math:`U`.
 
     :math:`U = 0.02` was chosen on the benchmark's tuning tasks (``python -m
-    benchmarks.quality --split tuning``; 0.01 and 0.03 are its ablations) and is of the order of
+    benchmarks.quality --split tuning``, with the ramp; 0.01 and 0.03 are its ablations); the
+    cap replaced the ramp as the default on the tuning tasks and the demo (see ``docs/warmup.md``,
+    where the evidence and the fresh held-out check are). :math:`U` is of the order of
     AdamW's equilibrium angular update :math:`\sqrt{2\,\mathrm{lr}\cdot\mathrm{wd}}` at common
     settings (0.014 at lr 1e-3, wd 0.1). The derivation and the evidence are in
     ``docs/warmup.md``.
 
     Two further factors of the earlier policy are kept as options (both off by default; with
-    ``max_update=None, confidence=True, drift=True`` the policy is that earlier one, whose
+    ``max_update=None, confidence=True, drift=True, rewarm=False`` the policy is that earlier
+    one, whose
     scale does not depend on the learning rate):
 
     * ``confidence``: :math:`s_t \le c^\mathrm{prec}_t = \max\bigl(c^\mathrm{prec}_{t-1},
@@ -222,8 +231,9 @@ class Measured(WarmupPolicy):
         drift (bool, optional): also correct a lagging :math:`\hat v` (default: False).
         tol (float, optional): tolerated relative error of :math:`1/\sqrt{\hat v}` for
             ``confidence`` and ``drift`` (default: 0.1). Must be > 0.
-        rewarm (bool, optional): let the scale fall again (no running maximum); the statistics are
-            then measured on every step (default: False).
+        rewarm (bool, optional): let the scale fall again (no running maximum), so the cap holds
+            whenever the step is too large (default: True; ``False`` is the ramp, whose warm-up
+            ends the first time every scale is 1).
         kurtosis (bool, optional): measure :math:`K`; ``False`` fixes it at the Gaussian 2
             (default: True).
         prior_kurtosis (float, optional): :math:`K_0`, assumed before the first fresh-ratio
@@ -232,6 +242,10 @@ class Measured(WarmupPolicy):
             ``k``-th warming call of ``step()``, staggered across tensors (tensor number ``j`` on
             the calls ``c = j + 2 (mod k)``); the relative step is measured on every call
             (default: 1).
+        watch_every (int, optional): with ``rewarm``, once every scale is 1, the longest spacing
+            of measured steps; the spacing doubles from 1 up to it while every measured scale is 1
+            (default: 16; 1 measures every step). With ``confidence`` or ``drift`` every step is
+            measured.
         sample (int or None, optional): measure at most this many real coordinates per tensor:
             the first ones for the relative step, a window that sweeps the tensor (chosen by its
             step count) for the fresh ratio (default: 4096). ``None`` measures all of them.
