@@ -1,8 +1,11 @@
 """The default policy knows the learning rate: it caps each tensor's relative step, measured.
 
-Properties of ``Measured(max_update=U)``: the scale is ``min(1, U / û)`` (running maximum), with
+Properties of ``Measured(max_update=U)``: the scale is ``min(1, U / û)`` (or its running maximum,
+the ramp, with ``rewarm=False``), with
 ``û = ‖lr · d‖ / ‖p‖`` the relative size of the step torch is about to take; vectors and tensors
-without a norm of their own follow the matrices; a stationary stream never lowers a scale.
+without a norm of their own follow the matrices; a stationary stream never lowers the ramp's
+scale, and the default caps every measured step; once every scale is 1 it measures at doubling
+intervals.
 """
 
 from __future__ import annotations
@@ -79,17 +82,17 @@ def _stream(kind: str, gen: torch.Generator, shape: tuple[int, ...]) -> torch.Te
 
 
 POLICIES = {
-    "default": "measured",
-    "previous_default": warmopt.Measured(max_update=None, confidence=True, drift=True),
-    "cap_and_drift": warmopt.Measured(drift=True),
+    "ramp": warmopt.Measured(rewarm=False),
+    "first_default": warmopt.Measured(max_update=None, confidence=True, drift=True, rewarm=False),
+    "cap_and_drift": warmopt.Measured(drift=True, rewarm=False),
 }
 
 
 @pytest.mark.parametrize("kind", ["student_t3", "spikes", "sparse"])
 @pytest.mark.parametrize("policy", list(POLICIES))
-def test_scale_never_falls_on_a_stationary_stream(kind: str, policy: str) -> None:
-    """A stationary gradient stream is no reason to warm up again: the scale is non-decreasing,
-    for heavy tails (Student-t with 3 degrees of freedom), rare x30 spikes and sparse gradients."""
+def test_the_ramp_never_falls_on_a_stationary_stream(kind: str, policy: str) -> None:
+    """With ``rewarm=False`` the scale is non-decreasing, for heavy tails (Student-t with 3
+    degrees of freedom), rare x30 spikes and sparse gradients."""
     gen = torch.Generator().manual_seed(1)
     w = _matrix(shape=(64, 64))
     v = torch.nn.Parameter(torch.zeros(64))
@@ -102,6 +105,30 @@ def test_scale_never_falls_on_a_stationary_stream(kind: str, policy: str) -> Non
         now = _scales(opt)
         assert all(b >= a - 1e-7 for a, b in zip(prev, now)), (prev, now)
         prev = now
+
+
+@pytest.mark.parametrize("kind", ["student_t3", "spikes", "sparse"])
+def test_the_default_caps_every_measured_step_on_a_stationary_stream(kind: str) -> None:
+    """The default (``rewarm=True``): on every measured step the step taken, scale times the
+    measured full step, is at most ``max_update`` of the matrix, and where the full step is
+    below it the scale is 1 -- for heavy tails, rare x30 spikes and sparse gradients."""
+    gen = torch.Generator().manual_seed(1)
+    w = _matrix(shape=(64, 64))
+    opt = warmopt.Adam([w], lr=0.05, betas=(0.9, 0.99))
+    below = 0
+    for _ in range(300):
+        w.grad = _stream(kind, gen, tuple(w.shape))
+        before = opt.state[w].get("warmup_update_ratio")
+        before = None if before is None else float(before)
+        opt.step()
+        ratio, scale = float(opt.state[w]["warmup_update_ratio"]), _scales(opt)[0]
+        if ratio == before:  # not measured (watching): the step was torch's own at scale 1
+            assert scale == 1.0
+            continue
+        assert scale * ratio <= 0.02 * (1 + 1e-5), (scale, ratio)
+        assert scale == 1.0 or scale * ratio == pytest.approx(0.02, rel=1e-5)
+        below += scale < 1.0
+    assert below > 0  # the cap did bind on this stream
 
 
 def test_vectors_and_zero_tensors_follow_the_median_matrix() -> None:

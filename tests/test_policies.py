@@ -127,8 +127,10 @@ def _random_stats(gen: torch.Generator, n: int) -> Statistics:
 #: factor of it on top of the cap
 MEASURED_VARIANTS = {
     "measured_v1": v1(),
-    "measured_cap_confidence": warmopt.Measured(confidence=True),
-    "measured_cap_drift": warmopt.Measured(drift=True),
+    "measured_ramp": warmopt.Measured(rewarm=False),
+    "measured_cap_confidence": warmopt.Measured(confidence=True, rewarm=False),
+    "measured_cap_drift": warmopt.Measured(drift=True, rewarm=False),
+    "measured_rewarm_confidence": warmopt.Measured(confidence=True),
 }
 
 
@@ -139,15 +141,18 @@ MEASURED_VARIANTS = {
 def test_every_policy_scale_lies_in_unit_interval_and_never_falls(
     name: str, bias_corrected: bool, beta: float, seed: int
 ) -> None:
-    """Scales stay in [0, 1]. What may never fall: the scale of every policy but Measured with
-    ``drift``; Measured's ramps (the cap, and the confidence where it is on), which bound its
-    scale; with ``drift`` the scale is those ramps times the drift correction <= 1."""
+    """Scales stay in [0, 1] and below Measured's factors (the cap, and the confidence where it
+    is on). What may never fall: the scale of every policy but Measured with ``drift`` or
+    ``rewarm``; with ``rewarm=False`` its factors too (ramps), and with ``drift`` the scale is
+    those ramps times the drift correction <= 1."""
     policy = MEASURED_VARIANTS[name] if name in MEASURED_VARIANTS else POLICIES[name]()
-    ramps: list[str] = []
+    bounds: list[str] = []
     if isinstance(policy, warmopt.Measured):
-        ramps = [k for k, on in (("cap", policy.max_update is not None),
-                                 ("confidence", policy.confidence)) if on]  # fmt: skip
-    falls = isinstance(policy, warmopt.Measured) and policy.drift
+        bounds = [k for k, on in (("cap", policy.max_update is not None),
+                                  ("confidence", policy.confidence)) if on]  # fmt: skip
+    rewarm = isinstance(policy, warmopt.Measured) and policy.rewarm
+    falls = isinstance(policy, warmopt.Measured) and (policy.drift or rewarm)
+    ramps = [] if rewarm else bounds
     gen = torch.Generator().manual_seed(seed)
     n = 5
     state = {k: torch.full((n,), v) for k, v in policy.initial_state().items()}
@@ -164,7 +169,7 @@ def test_every_policy_scale_lies_in_unit_interval_and_never_falls(
         assert torch.isfinite(scale).all()
         assert ((scale >= 0) & (scale <= 1)).all()
         now = {"scale": scale, **{k: state[k] for k in ramps}}
-        for k in ramps:
+        for k in bounds:
             assert (scale <= state[k] + 1e-7).all(), (t, k, scale, state[k])
         for k in ramps if falls else now:
             assert (now[k] >= prev[k] - 1e-7).all(), (t, k, now[k], prev[k])
@@ -347,11 +352,14 @@ def test_pooled_granularities_share_one_scale(granularity: str) -> None:
         assert g0[0] == g1[0]
 
 
+@pytest.mark.parametrize("rewarm", [True, False], ids=["default", "ramp"])
 @pytest.mark.parametrize("granularity", ["group", "global"])
-def test_pooled_granularities_pool_the_relative_step_of_the_leaders(granularity: str) -> None:
-    """Under the default a unit's relative step is the largest of its leaders' (matrices')
-    ||lr d|| / ||p||: vectors add nothing; a unit without a leader (a group of vectors) takes the
-    median of the others. The units share one scale while they warm, and it never falls."""
+def test_pooled_granularities_pool_the_relative_step_of_the_leaders(
+    granularity: str, rewarm: bool
+) -> None:
+    """A unit's relative step is the largest of its leaders' (matrices') ||lr d|| / ||p||:
+    vectors add nothing; a unit without a leader (a group of vectors) takes the median of the
+    others. The units share one scale while they warm; the ramp's never falls."""
     gen = torch.Generator().manual_seed(0)
     w0, w1, w2 = _matrix((8, 16), 0.05, 1), _matrix((16, 16), 0.02, 2), _matrix((4, 4), 0.1, 3)
     b0, b2 = torch.nn.Parameter(torch.zeros(16)), torch.nn.Parameter(torch.zeros(8))
@@ -360,7 +368,7 @@ def test_pooled_granularities_pool_the_relative_step_of_the_leaders(granularity:
         {"params": [w1, w2], "lr": 0.01},
         {"params": [b2], "lr": 0.01},
     ]
-    opt = warmopt.Adam(groups, granularity=granularity)
+    opt = warmopt.Adam(groups, granularity=granularity, warmup=warmopt.Measured(rewarm=rewarm))
     # step 1: d = sign(g), |lr d|^2 = lr^2 numel
     lead = [(w0, 0.02), (w1, 0.01), (w2, 0.01)]
     step_sq = [lr * lr * w.numel() for w, lr in lead]
@@ -393,7 +401,7 @@ def test_pooled_granularities_pool_the_relative_step_of_the_leaders(granularity:
             assert (g == g[0]).all()
         if granularity == "global":
             assert (flat == flat[0]).all()
-        if prev is not None:
+        if prev is not None and not rewarm:
             assert (flat >= prev).all()
         prev = flat
     assert float(flat.max()) < 1.0  # still warming

@@ -39,6 +39,7 @@ def test_quality_runs_tiny(tmp_path: Path) -> None:
             "untuned_linear",
             "untuned_exponential",
             "warmopt",
+            "warmopt_ramp",
             "warmopt_v1",
             "warmopt_conf",
             "warmopt_drift",
@@ -57,7 +58,7 @@ def test_quality_runs_tiny(tmp_path: Path) -> None:
             assert 0 <= s["failures"] <= s["stalls"] <= s["runs"] == len(lrs), (name, m)
             assert s["sensitivity"] is None or s["sensitivity"] >= 0.0, (name, m)
         assert all(len(task["grid"][m]) == len(lrs) for m in methods)
-    for split in ("tuning", "heldout"):
+    for split in ("tuning", "heldout", "fresh"):
         targets = saved["targets"][split]
         names = {n for n, s in specs.items() if s.split == split}
         assert set(targets["tasks"]) == names
@@ -99,7 +100,8 @@ def test_quality_runs_tiny_subset(tmp_path: Path) -> None:
     for task in saved["tasks"].values():
         assert set(task["summary"]) == {"warmopt"}
         assert task["summary"]["warmopt"]["val_vs_oracle"] is None
-    assert saved["targets"] == {"tuning": {}, "heldout": {}}  # no anchors ran: n/a, no crash
+    # no anchors ran: n/a, no crash
+    assert saved["targets"] == {"tuning": {}, "heldout": {}, "fresh": {}}
     text = (tmp_path / "quality_tiny.md").read_text()
     assert "| warmopt |" in text and "Targets: n/a" in text
 

@@ -146,22 +146,25 @@ def test_resume_after_the_warmup_ended_stays_exact() -> None:
 
 
 COPIES = ["state_dict", "deepcopy", "pickle"]
+#: the ramp (the scale never falls, and the warm-up ends the first time every scale is 1)
+RAMP = warmopt.Measured(rewarm=False)
 
 
 @pytest.mark.parametrize(
     "cls,kwargs",
     [
-        pytest.param(warmopt.Adam, {"lr": 1e-2}, id="adam"),
-        pytest.param(warmopt.RMSprop, {"lr": 1e-3}, id="rmsprop-grad-avg"),
+        pytest.param(warmopt.Adam, {"lr": 1e-2, "warmup": RAMP}, id="adam"),
+        pytest.param(warmopt.RMSprop, {"lr": 1e-3, "warmup": RAMP}, id="rmsprop-grad-avg"),
         pytest.param(warmopt.Adam, {"lr": 1e-2, "warmup": v1()}, id="adam-v1"),
     ],
 )
 @pytest.mark.parametrize("how", COPIES)
-def test_resume_after_the_default_warmup_ended_keeps_its_numbers(
+def test_resume_after_the_ramp_ended_keeps_its_numbers(
     cls: type, kwargs: dict[str, Any], how: str
 ) -> None:
-    """Once every scale is 1 the uninterrupted run steps as torch and its warm-up numbers stay
-    as they were (``warmup_update_ratio``, RMSprop's ``warmup_grad_avg``, V1's kurtosis). A run
+    """Once every scale of the ramp (``rewarm=False``) is 1 the uninterrupted run steps as torch
+    and its warm-up numbers stay as they were (``warmup_update_ratio``, RMSprop's
+    ``warmup_grad_avg``, V1's kurtosis). A run
     loaded from its checkpoint, or a copy of it, learns from the loaded scales that the warm-up
     is over and keeps them too, instead of taking one more warming step that rewrites them."""
     ours, resumed = twins(SHAPES, init=SMALL)
@@ -192,6 +195,54 @@ def test_resume_after_the_default_warmup_ended_keeps_its_numbers(
     assert fresh._warmup_done
     for key, value in frozen.items():
         assert torch.equal(fresh.state[resumed[0]][key], value), key
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        pytest.param(warmopt.Adam, {"lr": 1e-3}, id="adam"),
+        pytest.param(warmopt.RMSprop, {"lr": 1e-4}, id="rmsprop-grad-avg"),
+    ],
+)
+@pytest.mark.parametrize("how", COPIES)
+def test_resume_while_the_default_watches_steps_as_the_uninterrupted_run(
+    cls: type, kwargs: dict[str, Any], how: str
+) -> None:
+    """Once every scale of the default is 1 it watches (measured steps 2, 4, ... 16 apart). A run
+    loaded from its checkpoint, or a copy, measures its next step again and then watches anew:
+    on which steps it measures may differ, what it steps may not -- the same parameters and
+    torch moments as the uninterrupted run, bit for bit, at scale 1 (weights of unit size, whose
+    full steps stay far below the cap)."""
+    ours, resumed = twins(SHAPES)
+    opt = cls(ours, **kwargs)
+    t = 0
+    while opt._book.interval < 8:  # watching, measured steps 8 apart
+        feed([ours], t)
+        opt.step()
+        t += 1
+        assert t < 400
+    if how == "state_dict":
+        ckpt = _round_trip(opt.state_dict())
+        with torch.no_grad():
+            for p, q in zip(ours, resumed):
+                q.copy_(p)
+        fresh = cls(resumed, **kwargs)
+        fresh.load_state_dict(ckpt)
+    elif how == "deepcopy":
+        resumed, fresh = copy.deepcopy((ours, opt))
+    else:
+        resumed, fresh = pickle.loads(pickle.dumps((ours, opt)))
+    for u in range(t, t + 40):
+        feed([ours, resumed], u)
+        opt.step()
+        fresh.step()
+        for x, y in zip(ours, resumed):
+            assert torch.equal(x, y), u
+            for key, value in opt.state[x].items():
+                if not key.startswith("warmup_"):
+                    assert torch.equal(value, fresh.state[y][key]), (u, key)
+        assert torch.cat(opt.warmup_scale).eq(1).all() and torch.cat(fresh.warmup_scale).eq(1).all()
+    assert fresh._warmup_done
 
 
 def test_a_loaded_checkpoint_of_another_policy_at_scale_one_still_warms() -> None:
@@ -448,7 +499,9 @@ def _groups(ps: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize(
-    "policy,ramp", [("measured", "warmup_cap"), (v1(), "warmup_confidence")], ids=["default", "v1"]
+    "policy,ramp",
+    [("measured", None), (RAMP, "warmup_cap"), (v1(), "warmup_confidence")],
+    ids=["default", "ramp", "v1"],
 )
 @pytest.mark.parametrize("target", warmopt.GRANULARITIES)
 @pytest.mark.parametrize("source", warmopt.GRANULARITIES)
@@ -456,8 +509,8 @@ def test_a_checkpoint_of_another_granularity_pools_into_the_new_units(
     source: str, target: str, policy: Any, ramp: str
 ) -> None:
     """The per-tensor numbers are pooled into the new units on the next step: one scale per
-    unit, and each unit at least as far along (the default's cap, V1's confidence) as its
-    least-warmed tensor was."""
+    unit, and for a ramp each unit at least as far along (the ramp's cap, V1's confidence) as
+    its least-warmed tensor was."""
     saved, resumed = twins(SHAPES, init=SMALL)
     opt = warmopt.Adam(_groups(saved), lr=1e-2, granularity=source, warmup=policy)
     for t in range(6):
@@ -470,7 +523,7 @@ def test_a_checkpoint_of_another_granularity_pools_into_the_new_units(
             q.copy_(p)
     new = warmopt.Adam(_groups(resumed), lr=1e-2, granularity=target, warmup=policy)
     new.load_state_dict(ckpt)
-    before = [float(new.state[p][ramp]) for p in resumed]
+    before = [float(new.state[p][ramp or "warmup_scale"]) for p in resumed]
     unit = {
         "tensor": list(range(len(resumed))),
         "group": [0, 0] + [1] * (len(resumed) - 2),
@@ -487,5 +540,6 @@ def test_a_checkpoint_of_another_granularity_pools_into_the_new_units(
     for j, u in enumerate(unit):
         members = [i for i, v in enumerate(unit) if v == u]
         assert all(scales[i] == scales[j] for i in members), (target, scales)
-        floor = min(before[i] for i in members)
-        assert float(new.state[resumed[j]][ramp]) >= floor
+        if ramp is not None:
+            floor = min(before[i] for i in members)
+            assert float(new.state[resumed[j]][ramp]) >= floor

@@ -409,12 +409,13 @@ def test_warmup_state_written_by_the_user_is_what_the_next_step_reads(
 ) -> None:
     """The warmup_* entries are views of one vector per key (one op per key and step); writing
     into an entry, or replacing it with a new tensor (as a checkpoint loader does), must both
-    reach the policy on the next step, and the other tensors must be unaffected. The previous
-    default's confidence (vectors), and the default's cap (small matrices, so that it binds)."""
+    reach the policy on the next step, and the other tensors must be unaffected. The first
+    default's confidence (vectors), and the ramp's cap (small matrices, so that it binds; the
+    ramp reads its cap back, the default recomputes it every step)."""
     if policy == "v1":
         shape, init, warmup = (6,), 1.0, v1()
     else:
-        shape, init, warmup = (2, 3), SMALL / 2, warmopt.Measured()
+        shape, init, warmup = (2, 3), SMALL / 2, warmopt.Measured(rewarm=False)
     gen = torch.Generator().manual_seed(0)
     ps = [torch.nn.Parameter(torch.randn(shape, generator=gen) * init) for _ in range(3)]
     twins = [torch.nn.Parameter(p.detach().clone()) for p in ps]
