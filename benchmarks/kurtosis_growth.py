@@ -37,7 +37,9 @@ from benchmarks.quality_tasks import get_problem, task_specs
 RESULTS = Path(__file__).resolve().parent / "results"
 #: the precision confidence and lag factor (the fresh-ratio statistics that measure K), with a
 #: Gaussian prior that the measurements outweigh after a couple of steps
-PRIOR2 = warmopt.Measured(max_update=None, confidence=True, drift=True, prior_kurtosis=2.0)
+PRIOR2 = warmopt.Measured(
+    max_update=None, confidence=True, drift=True, prior_kurtosis=2.0, rewarm=False
+)
 STEPS = (5, 20, 100)
 LR = 0.01
 
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append({"step": step, "tensors": len(ks), "q1": q1, "median": med, "q3": q3})
     lines = [
         f"K (estimated excess kurtosis of g^2) per tensor, Measured(max_update=None, "
-        f"confidence=True, drift=True, prior_kurtosis=2), lr={LR}, "
+        f"confidence=True, drift=True, prior_kurtosis=2, rewarm=False), lr={LR}, "
         f"seed 0, tasks {', '.join(tasks)}; torch {torch.__version__}, commit {git_commit()}",
         "",
         "| step | tensors | q1 | median | q3 |",

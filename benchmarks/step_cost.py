@@ -10,10 +10,10 @@ RMSprop) and *mode* torch offers for it (``single`` = ``foreach=False``, ``forea
   relative step at these learning rates and weights (the default's 0.02 lets most of them take
   torch's full step from the first one), so every timed step warms; the largest scale at the
   end is recorded (``scale_max``) to prove it;
-* ``sampled`` -- the previous default, ``Measured(max_update=None, confidence=True, drift=True,
-  tol=0.01)``, with ``measure_every=4``: its fresh-ratio statistics (which the default does not
-  take) on each tensor on one step in four, staggered; a warm-up of ~1000 steps at beta2 =
-  0.999 (~110 at RMSprop's alpha = 0.99);
+* ``sampled`` -- the first default, ``Measured(max_update=None, confidence=True, drift=True,
+  tol=0.01, rewarm=False)``, with ``measure_every=4``: its fresh-ratio statistics (which the
+  default does not take) on each tensor on one step in four, staggered; a warm-up of ~1000
+  steps at beta2 = 0.999 (~110 at RMSprop's alpha = 0.99);
 * ``warmed``  -- ``warmup=Linear(2)`` stepped 4 times first, so the host knows every scale is 1
   and the step is torch's own (``fast_path`` records it).
 
@@ -109,7 +109,7 @@ def policies() -> dict[str, warmopt.WarmupPolicy]:
     return {
         "warming": warmopt.Measured(max_update=1e-4),
         "sampled": warmopt.Measured(
-            max_update=None, confidence=True, drift=True, tol=0.01, measure_every=4
+            max_update=None, confidence=True, drift=True, tol=0.01, measure_every=4, rewarm=False
         ),
         "warmed": warmopt.Linear(2),
     }

@@ -4,9 +4,9 @@ Feeds i.i.d. gradients of a known distribution (and a drifting one) into the rea
 (``warmopt.Adam``, the same code path users run) for one 64 x 64 weight matrix with entries of
 RMS 0.05 (a usual initial scale), and records, per policy, the first step at which the scale
 reaches 0.5, 0.9 and 1.0. The default policy depends on the learning rate (it caps the step
-relative to the weights), so it runs at several; the previous default (``Measured(max_update=None,
-confidence=True, drift=True)``, "v1") and the anchors depend on the step count and the gradients
-only. Gradients:
+relative to the weights), so it runs at several; the first default (``Measured(max_update=None,
+confidence=True, drift=True, rewarm=False)``, "v1") and the anchors depend on the step count and
+the gradients only. Gradients:
 
 * ``gaussian``   N(0, 1)                                   kurtosis kappa = 3
 * ``laplace``    Laplace(0, 1)                             kappa = 6
@@ -53,7 +53,7 @@ def make_gradient(kind: str, step: int, n: int, gen: torch.Generator) -> torch.T
 
 POLICIES = {
     "measured": lambda: warmopt.Measured(),
-    "v1": lambda: warmopt.Measured(max_update=None, confidence=True, drift=True),
+    "v1": lambda: warmopt.Measured(max_update=None, confidence=True, drift=True, rewarm=False),
     "radam": lambda: warmopt.RAdamRectification(),
     "untuned_linear": lambda: warmopt.UntunedLinear(),
     "untuned_exponential": lambda: warmopt.UntunedExponential(),
