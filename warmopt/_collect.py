@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._algorithms import Algorithm, GroupBatch, resolve_mode
-from ._device import HostCopy, dtensor_type, split_to, stack_to
+from ._device import HostCopy, dtensor_type, multi_rank, split_to, stack_to
 from .policies import WarmupPolicy
 
 __all__ = ["PREFIX", "Book", "Collected", "Warming", "collect", "fit_warmup_state"]
@@ -318,7 +318,10 @@ def _watch_idle(book: Book, watch: int, n_state: int) -> bool:
     if book.gap > 0:
         book.gap -= 1
         return True
-    flag = book.done_flag.poll()
+    # Several ranks (DDP, FSDP2) measure the same numbers and must agree on which steps they
+    # measure: there each waits for the answer (published one call ago, so the wait is on
+    # work enqueued a step earlier, not a drain of the device); one process never waits.
+    flag = book.done_flag.poll(wait=multi_rank())
     if flag is None:  # nothing measured yet, or its answer still on the way: measure
         return False
     book.done_flag.reset()

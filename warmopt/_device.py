@@ -25,6 +25,7 @@ __all__ = [
     "device_path_on_cpu",
     "HostCopy",
     "dtensor_type",
+    "multi_rank",
     "split_to",
     "stack_to",
 ]
@@ -41,6 +42,14 @@ def device_path_on_cpu() -> bool:
 def dtensor_type() -> type | None:
     """``DTensor`` if torch.distributed.tensor is loaded (no DTensor can exist before that)."""
     return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+
+
+def multi_rank() -> bool:
+    """Whether this process is one of several ranks of an initialised process group (then
+    host-side decisions that depend on device values must be the same on every rank)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def split_to(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
@@ -103,9 +112,15 @@ class HostCopy:
         else:  # other accelerators: never read, so the caller keeps its own estimate
             self._host, self._event = None, None
 
-    def poll(self) -> Any:
-        if self._host is None or (self._event is not None and not self._event.query()):
+    def poll(self, wait: bool = False) -> Any:
+        """The published values, or ``None`` while the copy is on its way (``wait=True``: wait
+        for it instead -- an event wait on work enqueued earlier, not a device sync)."""
+        if self._host is None:
             return None
+        if self._event is not None and not self._event.query():
+            if not wait:
+                return None
+            self._event.synchronize()
         # .tolist() reads host memory directly: no dispatched op, no device sync, and unlike
         # .numpy() it needs no NumPy (warmopt depends on torch only).
         return self._host.tolist()
