@@ -51,17 +51,22 @@ def test_tiny_run_writes_complete_results(tmp_path: Path) -> None:
         assert TIMING_KEYS <= set(row)
         assert row["median_ms"] > 0 and row["n"] == meta["reps"]
     # every layout x optimizer x mode x variant once: Adam/AdamW 3 modes, RMSprop 2
-    assert len(timings) == 4 * (3 + 3 + 2) * 4  # layouts x (optimizer, mode) x variants
+    assert len(timings) == 4 * (3 + 3 + 2) * 5  # layouts x (optimizer, mode) x variants
     torch_rows = [r for r in timings if r["variant"] == "torch"]
     assert all(r["ratio_vs_torch"] == 1.0 for r in torch_rows)
     assert all(r["scale_max"] < 1 for r in timings if r["variant"] in ("warming", "sampled"))
     assert all(r["fast_path"] for r in timings if r["variant"] == "warmed")
+    rounds = meta["reps"] + meta["discard"]
+    for r in (r for r in timings if r["variant"] == "watching"):
+        # at scale 1 and watching: at most one of any 16 consecutive rounds was a measured step
+        assert r["scale_min"] == 1.0 and r["fast_path"], r
+        assert 0 <= r["measured_steps"] <= 1 + rounds // 16, r
 
     ops = written["ops"]
-    assert len(ops) == (3 + 3 + 2) * 4 * len(meta["op_counts"])
+    assert len(ops) == (3 + 3 + 2) * 5 * len(meta["op_counts"])
     for row in ops:
         assert OPS_KEYS <= set(row)
-        if row["variant"] == "warmed":
+        if row["variant"] in ("warmed", "watching"):  # watching: a step it does not measure
             assert row["same_ops_as_torch"]
         elif row["variant"] in ("warming", "sampled"):  # counted while warming: ops of its own
             assert not row["same_ops_as_torch"] and row["extra_ops"] > 0
@@ -69,7 +74,8 @@ def test_tiny_run_writes_complete_results(tmp_path: Path) -> None:
     assert written["memory"] and all(MEMORY_KEYS <= set(r) for r in written["memory"])
     # the measure stage keeps its buffers while warming (tiny layouts: under 16 MiB), and only then
     for r in written["memory"]:
-        assert (r["kept_bytes"] > 0) == (r["variant"] in ("warming", "sampled")), r
+        if r["variant"] != "watching":  # keeps them only after a measured step
+            assert (r["kept_bytes"] > 0) == (r["variant"] in ("warming", "sampled")), r
     stages = written["stages"]  # Adam foreach and fused on every layout, warming throughout
     assert {(r["layout"], r["mode"]) for r in stages} == {
         (lay, m) for lay in written["layouts"] for m in ("foreach", "fused")
@@ -82,6 +88,7 @@ def test_tiny_run_writes_complete_results(tmp_path: Path) -> None:
         "fused warming <= 1.30x torch fused",
         "foreach warming <= 1.10x torch foreach",
         "after warm-up <= 1.05x torch",
+        "watching <= 1.05x torch (mean)",
         "0 host syncs added",
     }
     md = (tmp_path / "step_cost.md").read_text()
