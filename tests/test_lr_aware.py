@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import warmopt
+from warmopt._device import HostCopy
 
 
 def _scales(opt: torch.optim.Optimizer) -> list[float]:
@@ -283,3 +284,51 @@ def test_the_ramp_stops_measuring_once_every_scale_is_1(monkeypatch: pytest.Monk
 def test_bad_watch_every_names_the_argument(value: object, error: type[Exception]) -> None:
     with pytest.raises(error, match="watch_every"):
         warmopt.Measured(watch_every=value)  # type: ignore[arg-type]
+
+
+class _LateCopy(HostCopy):
+    """A host copy whose value arrives only on the ``lag``-th poll after it was sent, as on an
+    accelerator whose host runs ahead of the device."""
+
+    def __init__(self, lag: int) -> None:
+        super().__init__()
+        self.lag, self.polls = lag, 0
+
+    def publish(self, value: torch.Tensor, keep: bool = False) -> None:
+        if keep and self.pending:
+            return
+        super().publish(value, keep)
+        self.polls = 0
+
+    def poll(self, wait: bool = False) -> object:
+        self.polls += 1
+        return super().poll() if (wait or self.polls >= self.lag) else None
+
+
+@pytest.mark.parametrize("lag", [2, 5])
+def test_watching_with_late_answers_still_spaces_its_measured_steps(
+    monkeypatch: pytest.MonkeyPatch, lag: int
+) -> None:
+    """Each measured step's answer reaches the host ``lag`` calls late: the spacing still grows
+    to ``watch_every`` (answers are not overwritten while unread, and the host does not measure
+    every step while it waits), and a step grown too large is still found and capped."""
+    calls = _measured_steps(monkeypatch)
+    w = _matrix()
+    opt = warmopt.Adam([w], lr=1e-4, warmup=warmopt.Measured(watch_every=16))
+    opt._book.done_flag = _LateCopy(lag)  # type: ignore[attr-defined]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        w.grad = torch.randn(w.shape, generator=gen)
+        opt.step()
+    before = len(calls)
+    for _ in range(64):
+        w.grad = torch.randn(w.shape, generator=gen)
+        opt.step()
+    assert len(calls) - before == 4  # one in 16
+    opt.param_groups[0]["lr"] = 1.0
+    trace = []
+    for _ in range(40):
+        w.grad = torch.randn(w.shape, generator=gen)
+        opt.step()
+        trace.append(_scales(opt)[0])
+    assert min(trace[:17]) < 1.0 and all(s < 1.0 for s in trace[-8:])

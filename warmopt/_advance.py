@@ -68,7 +68,7 @@ def advance(
         done = (scale >= 1.0).all()
         if warming.paused is not None:  # a tensor without a gradient now is not done for it
             done = done & (warming.paused >= 1.0).all()
-        book.done_flag.publish(done)
+        book.done_flag.publish(done, keep=policy.spec.can_fall)
     return scale
 
 

@@ -52,7 +52,7 @@ class Book:
     #: warming ``step()`` calls so far (the stagger of ``measure_every`` counts them)
     calls: int = 0
     #: a policy that can fall, once every scale is 1 (``MeasurementSpec.watch``): the spacing
-    #: of its measured steps, and the calls left until the next one
+    #: of its measured steps, and the calls since the last measured one
     interval: int = 1
     gap: int = 0
     flat: _FlatState | None = None
@@ -308,31 +308,30 @@ def _warming(
 
 def _watch_idle(book: Book, watch: int, n_state: int) -> bool:
     """Whether this call of a policy that can fall is one of the unmeasured steps between two
-    measured ones (see ``MeasurementSpec.watch``); reads the last measured step's "every scale
-    is 1" once it has reached the host (an event query on an accelerator, never a wait)."""
+    measured ones (see ``MeasurementSpec.watch``).
+
+    The answer of each measured step ("every scale is 1") travels to the host in a non-blocking
+    copy and is read once it has arrived (an event query on an accelerator, at once on the
+    CPU): every scale at 1 doubles the spacing of measured steps (up to ``watch``), a scale
+    below 1 brings back every step. Until it arrives the current spacing holds, so a host that
+    runs ahead of its device is not held at every step; a new answer is not sent while an older
+    one is unread (``HostCopy.publish(keep=True)``)."""
     if n_state != book.done_state_count:  # a tensor got state: measure, every step
         book.interval, book.gap = 1, 0
         book.done_state_count = n_state
         book.done_flag.reset()
         return False
-    if book.gap > 0:
-        book.gap -= 1
-        return True
     # Several ranks (DDP, FSDP2) measure the same numbers and must agree on which steps they
-    # measure: there each waits for the answer (published one call ago, so the wait is on
-    # work enqueued a step earlier, not a drain of the device); one process never waits.
+    # measure: there each waits for the answer (sent on an earlier call, so the wait is on
+    # work enqueued a step or more earlier, not a drain of the device); one process never waits.
     flag = book.done_flag.poll(wait=multi_rank())
-    if flag is None:  # nothing measured yet, or its answer still on the way: measure
-        return False
-    book.done_flag.reset()
-    if not flag:
-        book.interval = 1
-        return False
-    book.interval = min(2 * book.interval, watch)
-    book.gap = book.interval - 1
-    if book.gap > 0:
-        book.gap -= 1
+    if flag is not None:
+        book.done_flag.reset()
+        book.interval = min(2 * book.interval, watch) if flag else 1
+    if book.interval > 1 and book.gap + 1 < book.interval:  # gap: calls since the last measured
+        book.gap += 1
         return True
+    book.gap = 0
     return False
 
 

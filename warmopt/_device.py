@@ -100,7 +100,10 @@ class HostCopy:
     def pending(self) -> bool:
         return self._host is not None
 
-    def publish(self, value: Tensor) -> None:
+    def publish(self, value: Tensor, keep: bool = False) -> None:
+        """Send ``value`` to the host (``keep=True``: not while an earlier value is unread)."""
+        if keep and self._host is not None:
+            return
         if value.device.type == "cpu":
             self._host, self._event = value, None
         elif value.device.type == "cuda":
