@@ -117,23 +117,32 @@ def test_robustness_table_matches_the_demo_results() -> None:
 
 
 def test_demo_paragraph_matches_the_demo_results() -> None:
-    """The numbers of the paragraph below the demo's table: warmopt's blow-ups at the two highest
-    rates (demo.json) and the rewarm run's S, interval and 'stable up to' (demo_rewarm.json)."""
+    """The numbers of the paragraph below the demo's table: warmopt's final loss at the two
+    highest rates and its warm-up per rate (demo.json), and the ramp's S, interval, 'stable up
+    to' and blow-ups (demo_ramp.json)."""
     text = " ".join(_section("Results").split())
     saved = json.loads((ROOT / "benchmarks/results/demo.json").read_text())
-    top = {r["lr"]: r for r in saved["summary"]["warmopt_warmup"]}
-    a, b = top[0.1], top[0.3]
-    n = len(saved["meta"]["seeds"])
-    assert a["seeds"] == b["seeds"] == n
-    assert f"There {a['blown_up']} and {b['blown_up']} of {n} warmopt runs blow up" in text
-    assert f"{a['blown_up_capped']} and {b['blown_up_capped']} of them on a step where" in text
-    rewarm = json.loads((ROOT / "benchmarks/results/demo_rewarm.json").read_text())
-    assert rewarm["meta"]["warmopt_policy"] == "rewarm"
-    r = rewarm["summary"]["methods"]["warmopt"]
+    warm = {r["lr"]: r for r in saved["summary"]["warmopt_warmup"]}
+    firsts = ", ".join(f"{warm[lr]['scale_first']:.2g}" for lr in sorted(warm)[:-1])
+    assert f"median scale starts at {firsts} and {warm[max(warm)]['scale_first']:.1g}" in \
+        text.replace("1.0,", "1,")
+    reached = [warm[lr]["warm_at_median"] for lr in sorted(warm)]
+    assert reached[-1] is None and warm[max(warm)]["still_warming"] == len(saved["meta"]["seeds"])
+    steps = ", ".join(f"{x + 1e-9:.0f}" for x in reached[:-2])
+    assert f"first reaches 1 after {steps} and {reached[-2] + 1e-9:.0f} of the 250 steps" in text
+    runs = [r for r in saved["runs"] if r["method"] == "warmopt" and r["lr"] in (0.1, 0.3)]
+    means = {lr: sum(r["final_loss"] for r in runs if r["lr"] == lr) / 12 for lr in (0.1, 0.3)}
+    assert f"{means[0.1]:.3f} and {means[0.3]:.3f} at lr 0.1 and 0.3" in text, means
+    ramp = json.loads((ROOT / "benchmarks/results/demo_ramp.json").read_text())
+    assert ramp["meta"]["warmopt_policy"] == "ramp"
+    r = ramp["summary"]["methods"]["warmopt"]
     lo, hi = r["S_interval"]
     assert (f"gives it S = {r['S']:.3f} (95 % interval {lo:.3f} to {hi:.3f}), stable up to "
             f"{r['stable_up_to']:g}") in text  # fmt: skip
-    assert rewarm["summary"]["best"] == "warmopt"  # "ahead of every method here"
+    top = {x["lr"]: x for x in ramp["summary"]["warmopt_warmup"]}
+    n = len(ramp["meta"]["seeds"])
+    assert f"{top[0.1]['blown_up']} and {top[0.3]['blown_up']} of {n} of its runs blow up" in text
+    assert saved["summary"]["best"] == "warmopt"  # "the most LR-robust"
 
 
 def test_step_cost_table_matches_the_step_cost_results() -> None:
