@@ -141,7 +141,7 @@ def test_demo_paragraph_matches_the_demo_results() -> None:
             f"{r['stable_up_to']:g}") in text  # fmt: skip
     top = {x["lr"]: x for x in ramp["summary"]["warmopt_warmup"]}
     n = len(ramp["meta"]["seeds"])
-    assert f"{top[0.1]['blown_up']} and {top[0.3]['blown_up']} of {n} of its runs blow up" in text
+    assert f"{top[0.1]['blown_up']} and {top[0.3]['blown_up']} of its {n} runs at lr 0.1" in text
     assert saved["summary"]["best"] == "warmopt"  # "the most LR-robust"
 
 
