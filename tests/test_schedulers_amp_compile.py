@@ -605,6 +605,30 @@ def test_compiled_step_recompiles_once_when_the_warmup_ends() -> None:
     assert frames[-5:] == [frames[-1]] * 5, frames
 
 
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_compiled_step_stops_recompiling_once_the_default_watches() -> None:
+    """The default at scale 1 measures one step in 2, 4, 8, 16: a measured and an unmeasured step
+    are two graphs, each compiled once; after the first cycles nothing recompiles."""
+    from torch._dynamo.testing import CompileCounter
+
+    (ours,) = twins(SHAPES, n=1)
+    opt = warmopt.Adam(ours, lr=torch.tensor(1e-4))
+    counter = CompileCounter()
+
+    @torch.compile(backend=counter)
+    def step() -> None:
+        opt.step()
+
+    frames = []
+    for t in range(80):
+        feed([ours], t)
+        step()
+        frames.append(counter.frame_count)
+    assert opt._warmup_done and opt._book.interval == 16  # type: ignore[attr-defined]
+    assert frames[-50:] == [frames[-1]] * 50, frames
+    assert frames[-1] <= 12, frames
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("fresh_dynamo")
 def test_inductor_compiled_step_matches_eager() -> None:
