@@ -34,9 +34,9 @@ Why 12 seeds: at the highest learning rates single runs sit at the edge of stabi
 change of float rounding (another CPU, another build of torch) flips runs between training and
 stalling. A verdict must not hang on single runs, so the default takes enough seeds for the
 spread to be measured, and the verdict only claims differences larger than it. ``--jitter``
-simulates such a change (every initial weight moved by about one float32 rounding step); 12 is
-the fewest seeds with which the verdict's groups -- who is tied with the best, who is behind it
-beyond noise -- did not move under it on the reference machine (docs/benchmarks.md).
+simulates such a change (every initial weight moved by about one float32 rounding step); with 12
+seeds the verdict's groups -- who is tied with the best, who is behind it beyond noise -- are the
+same with and without it on the reference machine (docs/benchmarks.md).
 
 Usage::
 
@@ -99,8 +99,8 @@ METHOD_TEXT = {
 }
 #: A run "stalled" when its final loss is within this fraction of the constant predictor's.
 STALL_MARGIN = 0.02
-#: Default number of seeds: the fewest with which a simulated change of machine (``--jitter``)
-#: left the verdict unchanged on the reference machine (see the module docstring).
+#: Default number of seeds: with 12 a simulated change of machine (``--jitter``) leaves the
+#: verdict's groups unchanged on the reference machine (see the module docstring).
 SEEDS = 12
 #: Bootstrap resamples of the seeds for the intervals of S and of the differences in S.
 BOOTSTRAP = 2000
