@@ -167,26 +167,34 @@ def test_step_cost_table_matches_the_step_cost_results() -> None:
 
 
 def test_quality_table_matches_the_quality_results() -> None:
-    """The held-out table's S per task (no warm-up, the hand-tuned oracle, the best untuned rule
-    of that task, warmopt) and its aggregate row are those of benchmarks/results/quality.json."""
+    """The held-out and fresh held-out rows of the quality table -- S per task of no warm-up, the
+    hand-tuned oracle, the best untuned rule of that task and warmopt -- and each set's aggregate
+    row are those of benchmarks/results/quality.json."""
     saved = json.loads((ROOT / "benchmarks/results/quality.json").read_text())
-    targets = saved["targets"]["heldout"]
     table = _section("Results").split("<!-- from benchmarks/results/quality.md -->")[1]
     rows = [line for line in table.strip().splitlines() if line.startswith("| ")][1:]
-    rows = rows[: next(i for i, r in enumerate(rows) if "aggregate" in r) + 1]
-    assert len(rows) == len(targets["tasks"]) + 1
-    for line in rows[:-1]:
-        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
-        name = cells[0].split("`")[1]
-        s = saved["tasks"][name]["summary"]
-        best = targets["tasks"][name]["best_anchor"]
-        expected = [f"{s['none']['sensitivity']:.3f}", f"{s['linear_oracle']['sensitivity']:.3f}",
-                    f"{s[best]['sensitivity']:.3f} ({best})", f"{s['warmopt']['sensitivity']:.3f}"]
-        assert cells[1:5] == expected, line
-    agg = [c.strip().strip("*") for c in rows[-1].strip("|").split("|")]
-    none = [saved["tasks"][n]["summary"]["none"]["normalized_sensitivity"]
-            for n in targets["tasks"]]  # fmt: skip
-    assert agg[1] == f"{sum(none) / len(none):.3f}", rows[-1]
-    assert agg[2:5] == [f"{targets['aggregate_oracle_S']:.3f}",
-                        f"{targets['aggregate_best_anchor_S']:.3f}",
-                        f"{targets['aggregate_S']:.3f}"], rows[-1]  # fmt: skip
+    ends = [i for i, r in enumerate(rows) if "aggregate" in r]
+    assert len(ends) == 2, rows
+    start = 0
+    for split, end in zip(("heldout", "fresh"), ends):
+        targets = saved["targets"][split]
+        part = rows[start : end + 1]
+        start = end + 1
+        assert len(part) == len(targets["tasks"]) + 1, (split, part)
+        for line in part[:-1]:
+            cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+            name = cells[0].split("`")[1]
+            s = saved["tasks"][name]["summary"]
+            best = targets["tasks"][name]["best_anchor"]
+            expected = [f"{s['none']['sensitivity']:.3f}",
+                        f"{s['linear_oracle']['sensitivity']:.3f}",
+                        f"{s[best]['sensitivity']:.3f} ({best})",
+                        f"{s['warmopt']['sensitivity']:.3f}"]  # fmt: skip
+            assert cells[1:5] == expected, line
+        agg = [c.strip().strip("*") for c in part[-1].strip("|").split("|")]
+        none = [saved["tasks"][n]["summary"]["none"]["normalized_sensitivity"]
+                for n in targets["tasks"]]  # fmt: skip
+        assert agg[1] == f"{sum(none) / len(none):.3f}", part[-1]
+        assert agg[2:5] == [f"{targets['aggregate_oracle_S']:.3f}",
+                            f"{targets['aggregate_best_anchor_S']:.3f}",
+                            f"{targets['aggregate_S']:.3f}"], part[-1]  # fmt: skip
