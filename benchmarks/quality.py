@@ -1,6 +1,6 @@
 """LR-robustness benchmark: warmopt beside the usual warm-ups, on tuning and held-out tasks.
 
-Tasks (``benchmarks/quality_tasks.py``; all data ships offline) come in two sets:
+Tasks (``benchmarks/quality_tasks.py``; all data ships offline) come in three sets:
 
 * **tuning** -- ``digits_ce``, ``digits_mse``, ``lm_post_ln``, ``lm_pre_ln``, ``gru_rmsprop``:
   every constant and design choice of warmopt's policies was made by looking at these;
@@ -50,7 +50,7 @@ loss at the smallest LR against no warm-up. Per set: S normalised by the task's 
 
 Usage::
 
-    python -m benchmarks.quality                    # both sets (about an hour on 2 cores)
+    python -m benchmarks.quality                    # all three sets (about 47 min on 2 cores)
     python -m benchmarks.quality --split heldout    # the held-out set only
     python -m benchmarks.quality --split fresh      # the fresh held-out set only
     python -m benchmarks.quality --quick            # one seed, half the steps
