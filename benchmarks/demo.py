@@ -40,7 +40,7 @@ same with and without it on the reference machine (docs/benchmarks.md).
 
 Usage::
 
-    python -m benchmarks.demo                 # 7-12 min on 2 CPU cores; writes ./warmopt-results/
+    python -m benchmarks.demo                 # ~3 min on 2 idle CPU cores; ./warmopt-results/
     python -m benchmarks.demo --out DIR       # results in DIR instead
     python -m benchmarks.demo --reference     # rewrite the committed benchmarks/results/demo.*
     python -m benchmarks.demo --seeds 4       # faster, with a wider spread
