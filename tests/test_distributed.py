@@ -126,7 +126,54 @@ def _fsdp2(rank: int, granularity: str = "tensor", **mode: Any) -> dict[str, Any
     }
 
 
+def _watching(rank: int, sharded: bool) -> dict[str, Any]:
+    """Past the warm-up at a small lr: the default watches (one measured step in 16). Each rank
+    records on which calls it measured; the ranks must agree (under FSDP2 a measured step holds
+    a collective, so disagreeing would hang)."""
+    import warmopt.optimizer as stages
+
+    if sharded:
+        from torch.distributed.fsdp import fully_shard
+
+        model = _model()
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
+    else:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(_model())
+    opt = warmopt.Adam(model.parameters(), lr=1e-5)
+    measured, real = [], stages.measure_update
+    for t in range(48):
+        count = [0]
+
+        def spy(*args: Any, count: list[int] = count, **kwargs: Any) -> Any:
+            count[0] += 1
+            return real(*args, **kwargs)
+
+        stages.measure_update = spy  # type: ignore[assignment]
+        try:
+            opt.zero_grad()
+            _loss(model, _batch(rank, t)).backward()
+            opt.step()
+        finally:
+            stages.measure_update = real
+        if count[0]:
+            measured.append(t + 1)
+    inner = model if sharded else model.module
+    params = [p.full_tensor() if sharded else p for p in inner.parameters()]  # type: ignore[attr-defined]
+    return {
+        "params": [p.detach().clone() for p in params],
+        "measured": measured,
+        "interval": opt._book.interval,  # type: ignore[attr-defined]
+    }
+
+
 SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "ddp_watching": lambda rank: _watching(rank, sharded=False),
+    "fsdp2_watching": lambda rank: _watching(rank, sharded=True),
     "ddp": _ddp,
     "zero": lambda rank: _zero(rank, "tensor"),
     "zero_global": lambda rank: _zero(rank, "global"),
@@ -322,3 +369,14 @@ def test_fsdp2_foreach_own_step_matches_the_unsharded_run(
     for a, b, ref in zip(r0["params"], r1["params"], reference["params"]):
         assert torch.equal(a, b)
         torch.testing.assert_close(a, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ddp_watching", "fsdp2_watching"])
+def test_watching_ranks_measure_the_same_steps(ranks: list[dict[str, Any]], name: str) -> None:
+    """Past the warm-up the ranks of DDP and FSDP2 measure on the same calls (1, 3, 7, 15, 31,
+    47: each waits for the last measured step's answer) and stay bit-equal."""
+    r0, r1 = _result(ranks, name)
+    assert r0["measured"] == r1["measured"] == [1, 3, 7, 15, 31, 47]
+    assert r0["interval"] == r1["interval"] == 16
+    for a, b in zip(r0["params"], r1["params"]):
+        assert torch.equal(a, b)
