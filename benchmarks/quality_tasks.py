@@ -919,20 +919,13 @@ def get_problem(spec: TaskSpec) -> Problem:
                     pre_ln=True, final_norm=True,
                 )  # fmt: skip
 
-            prob = CharProblem(factory, s["ctx"], s["batch"], text=load_code()[0])
+            # the fresh task's own corpus; the held-out ones share the other
+            text = load_fresh_code() if spec.name == "code_tf_const" else load_code()[0]
+            prob = CharProblem(factory, s["ctx"], s["batch"], text=text)
         elif spec.name == "wine_mlp_const":
             prob = TableProblem("wine", s["width"], 0)
         elif spec.name == "diabetes_mlp":
             prob = TableProblem("diabetes", s["width"], s["batch"])
-        elif spec.name == "code_tf_const":
-
-            def factory(vocab: int, s: dict[str, int] = s) -> nn.Module:
-                return CharTransformer(
-                    vocab, s["d_model"], s["layers"], s["heads"], s["ff"], s["ctx"],
-                    pre_ln=True, final_norm=True,
-                )  # fmt: skip
-
-            prob = CharProblem(factory, s["ctx"], s["batch"], text=load_fresh_code())
         elif spec.name == "code_lstm_rmsprop":
 
             def factory(vocab: int, s: dict[str, int] = s) -> nn.Module:

@@ -150,3 +150,20 @@ def test_gi_adam_initialises_second_moment_from_first_gradient() -> None:
     torch.testing.assert_close(state["exp_avg_sq"], torch.tensor([0.25, 16.0]))
     expected = torch.tensor([1.0, -2.0]) - 0.1 * (1 - spec.beta2) ** 0.5 * torch.tensor([1.0, -1.0])
     torch.testing.assert_close(w.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_each_text_task_reads_its_own_corpus() -> None:
+    """The held-out Transformers share one standard-library corpus, the fresh one has its own,
+    the LSTM a third: each problem's characters are exactly those of its corpus."""
+    pytest.importorskip("sklearn")
+    from benchmarks.quality_tasks import get_problem, load_code, load_fresh_code, task_specs
+
+    specs = {s.name: s for s in task_specs("tiny")}
+    held, lstm = load_code()
+    corpus = {"code_tf_b95": held, "code_tf_b999": held, "code_tf_const": load_fresh_code(),
+              "code_lstm_rmsprop": lstm}  # fmt: skip
+    for name, text in corpus.items():
+        prob = get_problem(specs[name])
+        assert prob.chars == sorted(set(text)), name  # type: ignore[attr-defined]
+        assert len(prob.train_data) + len(prob.val_data) == len(text), name  # type: ignore[attr-defined]
+    assert load_fresh_code() not in (held, lstm)
