@@ -146,6 +146,25 @@ def test_resume_after_the_warmup_ended_stays_exact() -> None:
 
 
 COPIES = ["state_dict", "deepcopy", "pickle"]
+
+
+def _resumed(
+    how: str, cls: type, kwargs: dict[str, Any], ours: list[torch.nn.Parameter],
+    resumed: list[torch.nn.Parameter], opt: torch.optim.Optimizer,
+) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer]:  # fmt: skip
+    """The run of ``ours``/``opt`` carried on ``how``: a new optimizer on ``resumed`` (set to
+    ``ours``) loading a checkpoint of ``opt``, or a deepcopy or pickle of both."""
+    if how == "state_dict":
+        ckpt = _round_trip(opt.state_dict())
+        with torch.no_grad():
+            for p, q in zip(ours, resumed):
+                q.copy_(p)
+        fresh = cls(resumed, **kwargs)
+        fresh.load_state_dict(ckpt)
+        return resumed, fresh
+    if how == "deepcopy":
+        return copy.deepcopy((ours, opt))  # type: ignore[no-any-return]
+    return pickle.loads(pickle.dumps((ours, opt)))  # type: ignore[no-any-return]
 #: the ramp (the scale never falls, and the warm-up ends the first time every scale is 1)
 RAMP = warmopt.Measured(rewarm=False)
 
@@ -176,17 +195,7 @@ def test_resume_after_the_ramp_ended_keeps_its_numbers(
         t += 1
         assert t < 300
     frozen = {k: v.clone() for k, v in opt.state[ours[0]].items() if k.startswith("warmup_")}
-    if how == "state_dict":
-        ckpt = _round_trip(opt.state_dict())
-        with torch.no_grad():
-            for p, q in zip(ours, resumed):
-                q.copy_(p)
-        fresh = cls(resumed, **kwargs)
-        fresh.load_state_dict(ckpt)
-    elif how == "deepcopy":
-        resumed, fresh = copy.deepcopy((ours, opt))
-    else:
-        resumed, fresh = pickle.loads(pickle.dumps((ours, opt)))
+    resumed, fresh = _resumed(how, cls, kwargs, ours, resumed, opt)
     for u in range(t, t + 3):
         feed([ours, resumed], u)
         opt.step()
@@ -221,17 +230,7 @@ def test_resume_while_the_default_watches_steps_as_the_uninterrupted_run(
         opt.step()
         t += 1
         assert t < 400
-    if how == "state_dict":
-        ckpt = _round_trip(opt.state_dict())
-        with torch.no_grad():
-            for p, q in zip(ours, resumed):
-                q.copy_(p)
-        fresh = cls(resumed, **kwargs)
-        fresh.load_state_dict(ckpt)
-    elif how == "deepcopy":
-        resumed, fresh = copy.deepcopy((ours, opt))
-    else:
-        resumed, fresh = pickle.loads(pickle.dumps((ours, opt)))
+    resumed, fresh = _resumed(how, cls, kwargs, ours, resumed, opt)
     for u in range(t, t + 40):
         feed([ours, resumed], u)
         opt.step()
