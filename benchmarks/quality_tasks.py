@@ -117,6 +117,13 @@ def _half_decades(lo_exp: float, hi_exp: float) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _lm_size(tiny: bool) -> dict[str, int]:
+    """The character Transformers' sizes (every Transformer task shares them)."""
+    if tiny:
+        return {"d_model": 16, "layers": 1, "heads": 2, "ff": 32, "ctx": 16, "batch": 4}
+    return {"d_model": 64, "layers": 2, "heads": 4, "ff": 256, "ctx": 32, "batch": 16}
+
+
 def task_specs(mode: str) -> list[TaskSpec]:
     """The tasks with their grids and lengths for ``mode`` (``full``, ``quick`` or ``tiny``).
 
@@ -140,11 +147,7 @@ def task_specs(mode: str) -> list[TaskSpec]:
         return (g[len(g) // 2], g[-1]) if tiny else g
 
     mlp = {"width": 32} if tiny else {"width": 128}
-    lm = (
-        {"d_model": 16, "layers": 1, "heads": 2, "ff": 32, "ctx": 16, "batch": 4}
-        if tiny
-        else {"d_model": 64, "layers": 2, "heads": 4, "ff": 256, "ctx": 32, "batch": 16}
-    )
+    lm = _lm_size(tiny)
     gru = (
         {"embed": 8, "hidden": 16, "ctx": 16, "batch": 4}
         if tiny
@@ -254,11 +257,7 @@ def _fresh_specs(
             split="fresh",
         ),
     ]
-    lm = (
-        {"d_model": 16, "layers": 1, "heads": 2, "ff": 32, "ctx": 16, "batch": 4}
-        if tiny
-        else {"d_model": 64, "layers": 2, "heads": 4, "ff": 256, "ctx": 32, "batch": 16}
-    )
+    lm = _lm_size(tiny)
     n = steps(250)
     out.append(
         TaskSpec(
@@ -286,11 +285,7 @@ def _heldout_specs(
 ) -> list[TaskSpec]:
     """The held-out tasks: fixed (data, model, optimizer, grid, steps) before any result on them
     was seen, and never used to choose anything."""
-    lm = (
-        {"d_model": 16, "layers": 1, "heads": 2, "ff": 32, "ctx": 16, "batch": 4}
-        if tiny
-        else {"d_model": 64, "layers": 2, "heads": 4, "ff": 256, "ctx": 32, "batch": 16}
-    )
+    lm = _lm_size(tiny)
     out = []
     n = steps(300)
     out.append(
