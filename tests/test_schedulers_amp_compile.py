@@ -581,14 +581,10 @@ def test_compiled_step_does_not_recompile_as_the_scale_and_lr_change(
     assert float(scales[-1].max()) < 1  # still warming
 
 
-@pytest.mark.usefixtures("fresh_dynamo")
-def test_compiled_step_recompiles_once_when_the_warmup_ends() -> None:
-    """When every scale has reached 1 the step becomes torch's (a host-side flag read without a
-    sync): one more compilation, then none."""
+def _compiled_frames(opt: torch.optim.Optimizer, ours: list[Any], steps: int) -> list[int]:
+    """Step ``opt`` ``steps`` times under torch.compile; dynamo's frame count after each step."""
     from torch._dynamo.testing import CompileCounter
 
-    (ours,) = twins(SHAPES, n=1)
-    opt = warmopt.Adam(ours, lr=torch.tensor(1e-2), warmup=warmopt.Linear(4))
     counter = CompileCounter()
 
     @torch.compile(backend=counter)
@@ -596,10 +592,20 @@ def test_compiled_step_recompiles_once_when_the_warmup_ends() -> None:
         opt.step()
 
     frames = []
-    for t in range(10):
+    for t in range(steps):
         feed([ours], t)
         step()
         frames.append(counter.frame_count)
+    return frames
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_compiled_step_recompiles_once_when_the_warmup_ends() -> None:
+    """When every scale has reached 1 the step becomes torch's (a host-side flag read without a
+    sync): one more compilation, then none."""
+    (ours,) = twins(SHAPES, n=1)
+    opt = warmopt.Adam(ours, lr=torch.tensor(1e-2), warmup=warmopt.Linear(4))
+    frames = _compiled_frames(opt, ours, 10)
     assert opt._warmup_done
     assert len(set(frames[1:])) <= 2 and frames[-1] - frames[1] <= 1, frames
     assert frames[-5:] == [frames[-1]] * 5, frames
@@ -609,21 +615,9 @@ def test_compiled_step_recompiles_once_when_the_warmup_ends() -> None:
 def test_compiled_step_stops_recompiling_once_the_default_watches() -> None:
     """The default at scale 1 measures one step in 2, 4, 8, 16: a measured and an unmeasured step
     are two graphs, each compiled once; after the first cycles nothing recompiles."""
-    from torch._dynamo.testing import CompileCounter
-
     (ours,) = twins(SHAPES, n=1)
     opt = warmopt.Adam(ours, lr=torch.tensor(1e-4))
-    counter = CompileCounter()
-
-    @torch.compile(backend=counter)
-    def step() -> None:
-        opt.step()
-
-    frames = []
-    for t in range(80):
-        feed([ours], t)
-        step()
-        frames.append(counter.frame_count)
+    frames = _compiled_frames(opt, ours, 80)
     assert opt._warmup_done and opt._book.interval == 16  # type: ignore[attr-defined]
     assert frames[-50:] == [frames[-1]] * 50, frames
     assert frames[-1] <= 12, frames
