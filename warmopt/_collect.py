@@ -324,7 +324,7 @@ def _watch_idle(book: Book, watch: int, n_state: int) -> bool:
     # Several ranks (DDP, FSDP2) measure the same numbers and must agree on which steps they
     # measure: there each waits for the answer (sent on an earlier call, so the wait is on
     # work enqueued a step or more earlier, not a drain of the device); one process never waits.
-    flag = book.done_flag.poll(wait=multi_rank())
+    flag = book.done_flag.poll(wait=multi_rank()) if book.done_flag.pending else None
     if flag is not None:
         book.done_flag.reset()
         book.interval = min(2 * book.interval, watch) if flag else 1
