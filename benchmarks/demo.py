@@ -45,7 +45,7 @@ Usage::
     python -m benchmarks.demo --reference     # rewrite the committed benchmarks/results/demo.*
     python -m benchmarks.demo --seeds 4       # faster, with a wider spread
     python -m benchmarks.demo --jitter        # a change of machine, simulated (demo_jitter.*)
-    python -m benchmarks.demo --warmopt-policy ramp    # the earlier default (demo_ramp.*)
+    python -m benchmarks.demo --warmopt-policy ramp    # the ramp, rewarm=False (demo_ramp.*)
     python -m benchmarks.demo --task ce       # the mini-batch cross-entropy variant
     python -m benchmarks.demo --tiny          # seconds: the smoke test's setting
 
@@ -104,9 +104,8 @@ STALL_MARGIN = 0.02
 SEEDS = 12
 #: Bootstrap resamples of the seeds for the intervals of S and of the differences in S.
 BOOTSTRAP = 2000
-#: warmopt's policy in a run (``--warmopt-policy``): the default, or the ramp, the earlier
-#: default (the same cap with a running maximum: the scale only rises, and the warm-up ends the
-#: first time every scale is 1).
+#: warmopt's policy in a run (``--warmopt-policy``): the default, or the ramp (the same cap with
+#: a running maximum: the scale only rises, and the warm-up ends the first time every scale is 1).
 WARMOPT_POLICIES: dict[str, Callable[[], Any]] = {
     "default": lambda: "measured",
     "ramp": lambda: warmopt.Measured(rewarm=False),
@@ -818,7 +817,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--warmopt-policy",
         choices=sorted(WARMOPT_POLICIES),
         default="default",
-        help="warmopt's policy: its default, or 'ramp' (the earlier default: the same cap with "
+        help="warmopt's policy: its default, or 'ramp' (rewarm=False: the same cap with "
         "a running maximum, so the warm-up ends the first time every scale is 1; files "
         "demo_ramp.*)",
     )
