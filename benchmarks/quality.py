@@ -60,8 +60,10 @@ Usage::
 
 ``--merge FILE`` adds the runs stored in an earlier results file: this run's (task, method)
 pairs replace theirs, the rest are reported as they were (same mode; the meta records each
-file's commit). The plots of loss and scale curves cover only the runs made now (the results
-files keep final numbers, not curves).
+file's commit). The results files keep final numbers, not curves, so the plot of loss curves is
+drawn only by a run that redoes every task it shows with every plotted method (a merged run
+leaves the earlier plot in place), and the plot of scale curves only when warmopt ran now on
+its task.
 
 Writes ``quality{,_quick,_tiny}.{json,md}`` and the plots ``quality_lr*.png`` (final loss vs LR),
 ``quality_scale*.png`` (warmopt's scale over the steps at each LR of one task) and
@@ -628,9 +630,12 @@ def make_plots(runs: list[dict[str, Any]], result: dict[str, Any], out: Path, su
         fig.savefig(out / files[-1], dpi=100)
         plt.close(fig)
 
-    if not any(r["method"] in PLOTTED or r["method"].startswith("linear_") for r in runs
-               if "curve" in r):  # fmt: skip
-        return files  # no plotted method ran now (an ablation merged in): keep the curves plot
+    drawn = {r["task"] for r in runs if "curve" in r
+             and (r["method"] in PLOTTED or r["method"].startswith("linear_"))}  # fmt: skip
+    if not drawn >= set(names):
+        # a plotted method did not run now on every task (an ablation, or some tasks, merged
+        # in): the curves are not stored, so keep the curves plot of the run that made them
+        return files
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         t = result["tasks"][name]

@@ -131,6 +131,13 @@ def test_quality_runs_tiny_subset(tmp_path: Path) -> None:
     merged = json.loads((tmp_path / "quality_tiny.json").read_text())
     assert set(merged["tasks"]["digits_ce"]["summary"]) == {"none", "warmopt", "warmopt_rewarm"}
     assert (tmp_path / "quality_curves_tiny.png").read_bytes() == curves
+    # a plotted method on one task that is not the first (whose panel has no curves now): the
+    # run finishes and the curves plot of the run that drew every task stays as it was
+    quality.main(["--tiny", "--tasks", "gru_rmsprop", "--methods", "warmopt", "--merge",
+                  str(tmp_path / "quality_tiny.json"), "--out", str(tmp_path), "--workers", "1"])
+    merged = json.loads((tmp_path / "quality_tiny.json").read_text())
+    assert merged["meta"]["runs"] == len(merged["tasks"]["gru_rmsprop"]["spec"]["lrs"])
+    assert (tmp_path / "quality_curves_tiny.png").read_bytes() == curves
 
 
 def test_gi_adam_initialises_second_moment_from_first_gradient() -> None:
